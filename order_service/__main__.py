@@ -1,0 +1,7 @@
+"""`python -m order_service [serve|migrate]`."""
+
+from order_service.app import create_app
+from order_service.settings import Settings
+from outbox.server import main
+
+main(Settings.from_env(), create_app)

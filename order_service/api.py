@@ -1,0 +1,131 @@
+"""order_service's HTTP API: place, follow and cancel orders (SPEC §6)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import outbox
+from contracts import Item, OrderCreated
+from order_service import handlers
+from order_service.models import Order
+from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class OrderLineIn(msgspec.Struct, forbid_unknown_fields=True):
+    sku: Name
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class PlaceOrder(msgspec.Struct, forbid_unknown_fields=True):
+    customer_id: Name
+    items: Annotated[list[OrderLineIn], msgspec.Meta(min_length=1, max_length=50)]
+
+
+class OrderLine(msgspec.Struct):
+    sku: str
+    quantity: int
+    unit_price_cents: int | None
+
+
+class OrderOut(msgspec.Struct):
+    order_id: uuid.UUID
+    customer_id: str
+    status: str
+    items: list[OrderLine]
+    total_cents: int | None
+    cancel_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, order: Order) -> OrderOut:
+        return cls(
+            order_id=order.order_id,
+            customer_id=order.customer_id,
+            status=order.status,
+            items=[msgspec.convert(item, OrderLine) for item in order.items],
+            total_cents=order.total_cents,
+            cancel_reason=order.cancel_reason,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+        )
+
+
+class OrderController(Controller):
+    path = "/orders"
+    tags = ["orders"]
+
+    @post("/", status_code=201)
+    async def place_order(
+        self,
+        data: PlaceOrder,
+        session: AsyncSession,
+        state: State,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> Response[OrderOut] | Response[bytes]:
+        """Place an order: it starts `pending`, and the saga takes it from there."""
+        body_hash = request_hash(data)
+        if idempotency_key is not None:
+            previous = await replay(session, "orders", idempotency_key, body_hash)
+            if previous is not None:
+                return previous
+        order = Order.place(
+            data.customer_id,
+            [{"sku": line.sku, "quantity": line.quantity} for line in data.items],
+            state.settings.order_timeout_s,
+        )
+        session.add(order)
+        outbox.add(
+            session,
+            OrderCreated(
+                order_id=order.order_id,
+                customer_id=order.customer_id,
+                items=tuple(Item(sku=line.sku, quantity=line.quantity) for line in data.items),
+            ),
+        )
+        body = OrderOut.of(order)
+        location = f"/orders/{order.order_id}"
+        if idempotency_key is not None:
+            remember(session, "orders", idempotency_key, body_hash, 201, body, location)
+        return Response(body, status_code=201, headers={"Location": location})
+
+    @get("/{order_id:uuid}")
+    async def get_order(self, order_id: uuid.UUID, session: AsyncSession) -> OrderOut:
+        order = await session.get(Order, order_id)
+        if order is None:
+            raise NotFoundException(f"no order {order_id}")
+        return OrderOut.of(order)
+
+    @get("/")
+    async def list_orders(
+        self,
+        session: AsyncSession,
+        customer_id: Name | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> list[OrderOut]:
+        """Orders, newest first; of one customer with `customer_id`."""
+        query = select(Order).order_by(Order.created_at.desc()).limit(limit)
+        if customer_id is not None:
+            query = query.where(Order.customer_id == customer_id)
+        return [OrderOut.of(order) for order in await session.scalars(query)]
+
+    @post("/{order_id:uuid}/cancel", status_code=202)
+    async def cancel_order(self, order_id: uuid.UUID, session: AsyncSession) -> Response[OrderOut]:
+        """Cancel in any status but cancelled (202); cancelling a cancelled order answers 200."""
+        order = await session.get(Order, order_id, with_for_update=True)
+        if order is None:
+            raise NotFoundException(f"no order {order_id}")
+        changed = handlers.cancel(session, order, "customer_request")
+        return Response(OrderOut.of(order), status_code=202 if changed else 200)

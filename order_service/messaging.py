@@ -1,0 +1,26 @@
+"""What order_service listens to and what it tells the world; queue bindings derive from this."""
+
+from contracts import (
+    OrderCancelled,
+    OrderCompleted,
+    OrderCreated,
+    PaymentFailed,
+    PaymentSucceeded,
+    StockCommitted,
+    StockFailed,
+    StockReserved,
+)
+from order_service import handlers
+from outbox import Manifest
+
+SERVICE = "order_service"
+CONSUMES = {
+    StockReserved: handlers.mark_reserved,
+    StockFailed: handlers.cancel_for_stock,
+    PaymentSucceeded: handlers.mark_paid,
+    PaymentFailed: handlers.cancel_for_payment,
+    StockCommitted: handlers.mark_stock_committed,
+}
+EMITS = (OrderCreated, OrderCompleted, OrderCancelled)
+
+MANIFEST = Manifest(SERVICE, CONSUMES, EMITS)

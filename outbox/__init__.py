@@ -1,0 +1,17 @@
+"""The messaging runtime every service uses: transactional outbox, relay, inbox and consumer.
+
+Business code needs one call, `outbox.add(session, event)`, to stage an event in the transaction
+that changes its state; everything else is wired by `Messaging` from the service's `Manifest`.
+"""
+
+from outbox.consumer import PoisonMessage
+from outbox.manifest import Handler, Manifest
+from outbox.runtime import Messaging
+from outbox.settings import ServiceSettings, local_database_url
+from outbox.writer import add
+
+__all__ = [
+    "Handler",
+    "Manifest",
+    "Messaging",
+    "PoisonMessage", "ServiceSettings", "add", "local_database_url"]

@@ -1,0 +1,172 @@
+"""The consumer: decode, then inbox claim + handler + outgoing events in one transaction, then ack.
+
+- Undecodable or invalid messages are rejected without requeue: the broker dead-letters them at
+  once, and the consumer goes on.
+- A handler that raises is retried in-process with exponential backoff; after `max_attempts` the
+  message is rejected to the dead-letter queue. Never ack-and-forget.
+- The ack comes after the commit. A crash in between redelivers the message, and the inbox turns
+  the redelivery into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from contracts import SCHEMA_VERSION, DecodeError, Event, decode, event_name
+from outbox import inbox, metrics
+from outbox.faults import crash_point
+from outbox.manifest import Handler, Manifest
+from outbox.topology import declare_queues
+from outbox.writer import Cause, current_cause
+
+log = logging.getLogger(__name__)
+
+#: Largest message body a consumer accepts; anything bigger is poison, not an event.
+MAX_BODY_BYTES = 256 * 1024
+
+
+class PoisonMessage(Exception):
+    """A message that can never be handled, whatever the number of attempts: dead-letter it now.
+
+    Raised by `parse` for undecodable messages, and by handlers for events that make no sense
+    (an event for an order this service never heard of)."""
+
+
+def parse(message: AbstractIncomingMessage, expected: type[Event]) -> Event:
+    """The event a message carries, or `PoisonMessage` saying why there is none."""
+    if len(message.body) > MAX_BODY_BYTES:
+        raise PoisonMessage(f"body of {len(message.body)} bytes exceeds {MAX_BODY_BYTES}")
+    version = (message.headers or {}).get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise PoisonMessage(f"unknown schema_version {version!r}")
+    name = message.type or message.routing_key or ""
+    if name != event_name(expected):
+        raise PoisonMessage(f"a {name!r} message in the {event_name(expected)} queue")
+    try:
+        return decode(message.body, name)
+    except DecodeError as exc:
+        raise PoisonMessage(str(exc)) from exc
+
+
+class Consumer:
+    """Consumes a service's queues, as declared by its manifest, on a (robust) channel."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        max_attempts: int = 10,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 5.0,
+    ) -> None:
+        self.manifest = manifest
+        self._sessionmaker = sessionmaker
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+
+    async def start(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
+        """Declare the queues and start consuming; a robust channel resumes them after reconnecting."""
+        queues = await declare_queues(channel, self.manifest, exchange)
+        for event, queue in queues.items():
+            handler = self.manifest.consumes[event]
+            await queue.consume(partial(self.handle, event, handler, queue.name))
+
+    async def handle(
+        self, expected: type[Event], handler: Handler, consumer: str, message: AbstractIncomingMessage
+    ) -> None:
+        name = event_name(expected)
+        try:
+            event = parse(message, expected)
+        except PoisonMessage as exc:
+            log.error(
+                "dead-lettering poison message %s from %s: %s",
+                message.message_id,
+                consumer,
+                exc,
+                extra={"order_id": message.correlation_id},
+            )
+            metrics.HANDLED.labels(name, "poison").inc()
+            await message.reject(requeue=False)
+            return
+
+        started = time.perf_counter()
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                handled = await self._handle_once(event, handler, consumer, message)
+            except asyncio.CancelledError:
+                raise
+            except PoisonMessage as exc:
+                log.error(
+                    "%s: dead-lettering %s %s: %s",
+                    consumer,
+                    name,
+                    event.event_id,
+                    exc,
+                    extra={"order_id": str(event.order_id)},
+                )
+                metrics.HANDLED.labels(name, "poison").inc()
+                await message.reject(requeue=False)
+                return
+            except Exception:
+                if attempt == self._max_attempts:
+                    log.exception(
+                        "%s: %s %s failed %d times, dead-lettering it",
+                        consumer,
+                        name,
+                        event.event_id,
+                        attempt,
+                        extra={"order_id": str(event.order_id)},
+                    )
+                    metrics.HANDLED.labels(name, "dead_lettered").inc()
+                    await message.reject(requeue=False)
+                    return
+                delay = min(self._backoff_base_s * 2 ** (attempt - 1), self._backoff_cap_s)
+                log.warning(
+                    "%s: %s %s failed (attempt %d), retrying in %.2fs",
+                    consumer,
+                    name,
+                    event.event_id,
+                    attempt,
+                    delay,
+                    exc_info=True,
+                    extra={"order_id": str(event.order_id)},
+                )
+                metrics.HANDLED.labels(name, "retried").inc()
+                await asyncio.sleep(delay)
+                continue
+            metrics.HANDLED.labels(name, "handled" if handled else "duplicate").inc()
+            metrics.HANDLER_SECONDS.labels(name).observe(time.perf_counter() - started)
+            break
+        crash_point("consumer.after_commit")
+        await message.ack()
+
+    async def _handle_once(
+        self, event: Event, handler: Handler, consumer: str, message: AbstractIncomingMessage
+    ) -> bool:
+        """One transaction: inbox claim, handler, outbox rows. False if it was a duplicate."""
+        token = current_cause.set(Cause(event.event_id, _header(message, "traceparent")))
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                if not await inbox.claim(session, consumer, event.event_id, event, message.app_id):
+                    return False
+                await handler(session, event)
+                crash_point("consumer.before_commit")
+            return True
+        finally:
+            current_cause.reset(token)
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> str | None:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return value if isinstance(value, str) else None
+

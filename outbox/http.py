@@ -1,0 +1,218 @@
+"""HTTP pieces every service shares: app assembly, transactions, health, metrics, idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import ClientException, HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.params import Parameter
+from litestar.types import ControllerRouterHandler
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from outbox import migrations
+from outbox.runtime import Messaging
+from outbox.tables import IdempotencyKey
+
+log = logging.getLogger(__name__)
+
+#: Longest time the relay may leave a row unpublished while the broker is up before readiness fails.
+RELAY_STUCK_AFTER_S = 30.0
+
+
+async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None]:
+    """One transaction per request, committed after the handler returns and before the response
+    is sent; an integrity error (a duplicate key) becomes 409."""
+    messaging: Messaging = state.messaging
+    async with messaging.sessionmaker() as session:
+        try:
+            async with session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise ClientException(status_code=409, detail="conflicts with existing data") from exc
+
+
+class Health(msgspec.Struct, omit_defaults=True):
+    status: str
+    failed: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+@get("/health", tags=["health"], sync_to_thread=False)
+def health() -> Health:
+    """200 while the process runs."""
+    return Health(status="ok")
+
+
+@get("/health/ready", tags=["health"])
+async def ready(
+    state: State, timeout: float = Parameter(default=2.0, gt=0, le=60)
+) -> Response[Health]:
+    """200 when the database and the broker answer within `timeout` seconds and the relay moves."""
+    messaging: Messaging = state.messaging
+    failed: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(messaging.check_database(), timeout)
+    except Exception as exc:
+        failed["database"] = f"no answer within {timeout}s" if isinstance(exc, TimeoutError) else str(exc)
+    if not messaging.broker_connected():
+        failed["broker"] = "not connected"
+    if "database" not in failed and "broker" not in failed:
+        try:
+            _, oldest = await asyncio.wait_for(messaging.outbox_backlog(), timeout)
+            if oldest > RELAY_STUCK_AFTER_S:
+                failed["relay"] = f"oldest unpublished event is {oldest:.0f}s old"
+        except Exception as exc:
+            failed["relay"] = f"backlog unreadable: {exc}"
+    if failed:
+        return Response(Health(status="unavailable", failed=failed), status_code=503)
+    return Response(Health(status="ok"))
+
+
+@get("/metrics", tags=["health"], media_type=MediaType.TEXT, include_in_schema=False)
+async def metrics_endpoint(state: State) -> Response[bytes]:
+    """Prometheus metrics: outbox backlog, handled and failed messages, latencies."""
+    messaging: Messaging = state.messaging
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(messaging.outbox_backlog(), 1.0)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return Response({"status_code": 503, "detail": "database unavailable, try again"}, status_code=503)
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, HTTPException):
+        return Response(
+            {"status_code": exc.status_code, "detail": exc.detail, **({"extra": exc.extra} if exc.extra else {})},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return Response({"status_code": 500, "detail": "internal server error"}, status_code=500)
+
+
+def create_service_app(
+    messaging: Messaging,
+    route_handlers: Sequence[ControllerRouterHandler],
+    *,
+    title: str,
+    background: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> Litestar:
+    """A service's Litestar app: its routes plus health, metrics and OpenAPI; its lifespan applies
+    migrations, then runs the messaging runtime and the service's own background loops."""
+    settings = messaging.settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrations.upgrade, settings.service, settings.database_url)
+        await messaging.start()
+        tasks = [asyncio.create_task(loop()) for loop in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await messaging.stop()
+
+    return Litestar(
+        route_handlers=[health, ready, metrics_endpoint, *route_handlers],
+        dependencies={"session": Provide(provide_transaction)},
+        state=State({"messaging": messaging}),
+        lifespan=[lifespan],
+        openapi_config=OpenAPIConfig(
+            title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
+        ),
+        exception_handlers={
+            DBAPIError: _database_unavailable,
+            PoolTimeoutError: _database_unavailable,
+            Exception: _internal_error,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        debug=False,
+    )
+
+
+# --- Idempotency-Key -------------------------------------------------------------------------
+
+IDEMPOTENCY_KEY = Parameter(
+    header="Idempotency-Key",
+    required=False,
+    min_length=1,
+    max_length=255,
+    pattern=r"^[\x21-\x7e]+$",
+    description="Retry-safe key: the same key and body replay the first response.",
+)
+
+
+def request_hash(body: msgspec.Struct) -> str:
+    return hashlib.sha256(msgspec.json.encode(body)).hexdigest()
+
+
+async def replay(
+    session: AsyncSession, scope: str, key: str, body_hash: str
+) -> Response[bytes] | None:
+    """The first response to (`scope`, `key`), or None if there is none and this request may proceed.
+
+    A transaction-scoped advisory lock marks the key in flight: a concurrent request with the same
+    key gets 409 rather than waiting, and a crash frees the key with the transaction.
+    """
+    locked = await session.scalar(
+        select(func.pg_try_advisory_xact_lock(func.hashtextextended(f"{scope}\x00{key}", 0)))
+    )
+    if not locked:
+        raise ClientException(status_code=409, detail="a request with this Idempotency-Key is in flight")
+    previous = await session.get(IdempotencyKey, (scope, key))
+    if previous is None:
+        return None
+    if previous.request_hash != body_hash:
+        raise ClientException(
+            status_code=422, detail="this Idempotency-Key was used with a different request body"
+        )
+    return Response(
+        previous.response_body,
+        status_code=previous.status_code,
+        media_type=MediaType.JSON,
+        headers={"Location": previous.location} if previous.location else None,
+    )
+
+
+def remember(
+    session: AsyncSession,
+    scope: str,
+    key: str,
+    body_hash: str,
+    status_code: int,
+    body: Any,
+    location: str | None = None,
+) -> None:
+    """Store this response under (`scope`, `key`), committed with the change it describes."""
+    session.add(
+        IdempotencyKey(
+            scope=scope,
+            key=key,
+            request_hash=body_hash,
+            status_code=status_code,
+            response_body=msgspec.json.encode(body),
+            location=location,
+        )
+    )

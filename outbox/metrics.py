@@ -1,0 +1,30 @@
+"""Prometheus metrics of the messaging runtime, served at `/metrics` by every service."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HANDLED = Counter(
+    "saga_messages_handled_total",
+    "Messages consumed, by event and outcome (handled, duplicate, retried, dead_lettered).",
+    ["event", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "saga_handler_seconds",
+    "Time from delivery to commit of a handler's transaction.",
+    ["event"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+PUBLISHED = Counter("saga_outbox_published_total", "Outbox rows confirmed by the broker.")
+OUTBOX_DWELL = Histogram(
+    "saga_outbox_dwell_seconds",
+    "Time from an outbox row's insert to the broker's confirm.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+OUTBOX_BACKLOG = Gauge("saga_outbox_backlog", "Outbox rows not yet published (read at scrape).")
+OUTBOX_OLDEST_AGE = Gauge(
+    "saga_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row."
+)
+DEAD_LETTER_DEPTH = Gauge(
+    "saga_dead_letter_depth", "Messages waiting in this service's dead-letter queues.", ["queue"]
+)

@@ -1,0 +1,133 @@
+"""Wires one service's messaging: engine, sessions, broker connection, consumer, relay, purge."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from outbox import metrics
+from outbox.consumer import Consumer
+from outbox.manifest import Manifest
+from outbox.relay import Relay, purge_expired
+from outbox.settings import ServiceSettings
+from outbox.tables import OutboxMessage
+from outbox.topology import declare_exchange
+from outbox.writer import OutboxSession, session_info
+
+log = logging.getLogger(__name__)
+
+
+class Messaging:
+    """Everything a service needs to take part in the saga, started and stopped by its lifespan.
+
+    HTTP routes and handlers get sessions from `sessionmaker`; events they stage with `outbox.add`
+    leave through the relay once their transaction commits. The broker connection is robust: it
+    reconnects by itself, and the consumer's queues and the relay's channel come back with it.
+    """
+
+    def __init__(self, manifest: Manifest, settings: ServiceSettings) -> None:
+        self.manifest = manifest
+        self.settings = settings
+        self.engine: AsyncEngine = create_async_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_pool_size,
+            pool_pre_ping=True,
+        )
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            expire_on_commit=False,
+            sync_session_class=OutboxSession,
+            info=session_info(lambda: self.relay.wake(), manifest.emits),
+        )
+        self.relay = Relay(
+            manifest.service,
+            self.sessionmaker,
+            batch_size=settings.relay_batch_size,
+            sweep_interval_s=settings.relay_sweep_interval_s,
+        )
+        self.consumer = Consumer(
+            manifest, self.sessionmaker, max_attempts=settings.handler_max_attempts
+        )
+        self.connection: AbstractRobustConnection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Connect (retrying until the broker answers) and start consumer, relay and purge."""
+        self._tasks.append(asyncio.create_task(self._run(), name=f"{self.manifest.service}-messaging"))
+        self._tasks.append(asyncio.create_task(self._purge_forever(), name="outbox-purge"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                await self.connection.close()
+        await self.engine.dispose()
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                self.connection = await aio_pika.connect_robust(
+                    self.settings.amqp_url,
+                    client_properties={"connection_name": self.manifest.service},
+                )
+                break
+            except Exception as exc:
+                log.warning("broker not reachable (%s), retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        consume_channel = await self.connection.channel()
+        await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
+        exchange = await declare_exchange(consume_channel, self.settings.exchange)
+        await self.consumer.start(consume_channel, exchange)
+        publish_channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        publish_exchange = await publish_channel.get_exchange(self.settings.exchange, ensure=False)
+        log.info("%s: consuming %d queues, relay running", self.manifest.service, len(self.manifest.consumes))
+        await self.relay.run(publish_exchange)
+
+    async def _purge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval_s)
+            try:
+                await purge_expired(self.sessionmaker, self.settings.retention_s)
+            except Exception:
+                log.warning("purge of expired messaging rows failed", exc_info=True)
+
+    async def check_database(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    def broker_connected(self) -> bool:
+        return self.connection is not None and not self.connection.is_closed
+
+    async def outbox_backlog(self) -> tuple[int, float]:
+        """How many rows wait for the relay, and the age in seconds of the oldest."""
+        async with self.sessionmaker() as session:
+            count, oldest = (
+                await session.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(
+                            func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)), 0
+                        ),
+                    ).where(OutboxMessage.published_at.is_(None))
+                )
+            ).one()
+        metrics.OUTBOX_BACKLOG.set(count)
+        metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
+        return int(count), float(oldest)
+

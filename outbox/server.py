@@ -1,0 +1,63 @@
+"""`python -m <service>`: serve the HTTP API, consumers and relay in one event loop; or `migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from litestar import Litestar
+
+from outbox import migrations
+from outbox.settings import ServiceSettings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, carrying the order id when the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        order_id = getattr(record, "order_id", None)
+        if order_id:
+            entry["order_id"] = str(order_id)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(service: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aio_pika").setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.WARNING)
+    logging.getLogger(service).setLevel(level.upper())
+
+
+def main(settings: ServiceSettings, create_app: Callable[[ServiceSettings], Litestar]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m {settings.service}")
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    args = parser.parse_args()
+    configure_logging(settings.service, settings.log_level)
+    if args.command == "migrate":
+        migrations.upgrade(settings.service, settings.database_url)
+        return
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

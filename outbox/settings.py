@@ -1,0 +1,48 @@
+"""Settings every service shares; each service's `settings.py` extends them with its own defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Self
+
+import msgspec
+
+
+def local_database_url(database: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+
+
+class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Configuration of one service process. Read once, from the environment, by `from_env`.
+
+    Each field is set by the environment variable of its upper-cased name (`DATABASE_URL`, `PORT`, …).
+    """
+
+    service: str
+    port: int
+    database_url: str
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = "events"
+    host: str = "127.0.0.1"
+    db_pool_size: int = 10
+    prefetch: int = 64
+    relay_batch_size: int = 256
+    relay_sweep_interval_s: float = 1.0
+    handler_max_attempts: int = 10
+    retention_s: float = 7 * 24 * 3600.0
+    purge_interval_s: float = 60.0
+    migrate_on_start: bool = True
+    max_body_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Defaults, overridden by the environment, overridden by keyword arguments."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in msgspec.structs.fields(cls):
+            if field.name.upper() in env:
+                values[field.name] = env[field.name.upper()]
+        values.update(overrides)
+        return msgspec.convert(values, cls, strict=False)

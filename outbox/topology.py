@@ -1,0 +1,48 @@
+"""Broker topology: one topic exchange, and per consumed event a quorum queue with its dead-letter queue."""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from contracts import Event, event_name
+from outbox.manifest import Manifest, dead_letter_queue
+
+EXCHANGE = "events"
+
+#: Crashed consumers return their unacked messages, and each return counts as a delivery. The limit
+#: is far above any plausible crash storm so that only a message that kills its consumer over and
+#: over is dead-lettered this way; poison and exhausted retries are rejected explicitly instead.
+DELIVERY_LIMIT = 1000
+
+
+async def declare_exchange(channel: AbstractChannel, name: str = EXCHANGE) -> AbstractExchange:
+    return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+
+async def declare_queues(
+    channel: AbstractChannel, manifest: Manifest, exchange: AbstractExchange
+) -> dict[type[Event], AbstractQueue]:
+    """Declare (idempotently) each consumed event's queue, its binding and its dead-letter queue."""
+    queues: dict[type[Event], AbstractQueue] = {}
+    for event in manifest.consumes:
+        name = manifest.queue_for(event)
+        await channel.declare_queue(
+            dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        queue = await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": DELIVERY_LIMIT,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead_letter_queue(name),
+                # Quorum queues can dead-letter at-least-once, which needs reject-publish overflow.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+        await queue.bind(exchange, routing_key=event_name(event))
+        queues[event] = queue
+    return queues

@@ -1,0 +1,89 @@
+"""Staging events: one call adds an event to the caller's transaction; the relay is woken on commit."""
+
+from __future__ import annotations
+
+import contextvars
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from contracts import Event, encode, event_name
+from outbox.tables import OutboxMessage
+
+_WAKE = "outbox.wake"
+_EMITS = "outbox.emits"
+_STAGED = "outbox.staged"
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """The message being handled: the events it leads to carry its id and its trace."""
+
+    message_id: uuid.UUID
+    traceparent: str | None
+
+
+#: Set by the consumer while a handler runs; unset for HTTP requests.
+current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
+    "current_cause", default=None
+)
+
+
+class OutboxSession(Session):
+    """Session class whose commits wake the relay when they carried outbox rows."""
+
+
+@sa_event.listens_for(OutboxSession, "after_commit")
+def _wake_relay(session: Session) -> None:
+    if session.info.pop(_STAGED, False):
+        wake: Callable[[], None] | None = session.info.get(_WAKE)
+        if wake is not None:
+            wake()
+
+
+@sa_event.listens_for(OutboxSession, "after_rollback")
+def _forget_staged(session: Session) -> None:
+    session.info.pop(_STAGED, None)
+
+
+def session_info(wake: Callable[[], None], emits: tuple[type[Event], ...]) -> dict[str, object]:
+    """The `info` a service's sessionmaker carries: how to wake its relay, which events it may emit."""
+    return {_WAKE: wake, _EMITS: frozenset(emits)}
+
+
+def add(session: AsyncSession, event: Event) -> None:
+    """Stage `event` in the session's transaction; it is published only if that transaction commits.
+
+    The outgoing message inherits the trace of the message being handled, if any, and records it as
+    its cause. Staging an event the service does not declare in its manifest is a bug.
+    """
+    emits = session.info.get(_EMITS)
+    if emits is not None and type(event) not in emits:
+        raise ValueError(f"{event_name(event)} is not in this service's EMITS")
+    cause = current_cause.get()
+    session.add(
+        OutboxMessage(
+            event_id=event.event_id,
+            event_type=event_name(event),
+            order_id=event.order_id,
+            payload=encode(event),
+            causation_id=cause.message_id if cause else None,
+            traceparent=child_traceparent(cause.traceparent if cause else None),
+        )
+    )
+    session.info[_STAGED] = True
+
+
+def child_traceparent(parent: str | None) -> str:
+    """A W3C traceparent for a new span: in the parent's trace if there is a valid one, else a new trace."""
+    trace_id = None
+    if parent:
+        parts = parent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+            trace_id = parts[1]
+    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
