@@ -20,7 +20,8 @@ from order_service import handlers
 from order_service.models import Order
 from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 
 
 class OrderLineIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,11 +113,19 @@ class OrderController(Controller):
     async def list_orders(
         self,
         session: AsyncSession,
-        customer_id: Name | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        customer_id: str | None = Parameter(
+            default=None, min_length=1, max_length=64, pattern=NAME_PATTERN
+        ),
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        offset: int = Parameter(default=0, ge=0),
     ) -> list[OrderOut]:
         """Orders, newest first; of one customer with `customer_id`."""
-        query = select(Order).order_by(Order.created_at.desc()).limit(limit)
+        query = (
+            select(Order)
+            .order_by(Order.created_at.desc(), Order.order_id)
+            .limit(limit)
+            .offset(offset)
+        )
         if customer_id is not None:
             query = query.where(Order.customer_id == customer_id)
         return [OrderOut.of(order) for order in await session.scalars(query)]

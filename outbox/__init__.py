@@ -14,4 +14,8 @@ __all__ = [
     "Handler",
     "Manifest",
     "Messaging",
-    "PoisonMessage", "ServiceSettings", "add", "local_database_url"]
+    "PoisonMessage",
+    "ServiceSettings",
+    "add",
+    "local_database_url",
+]

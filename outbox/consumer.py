@@ -80,7 +80,11 @@ class Consumer:
             await queue.consume(partial(self.handle, event, handler, queue.name))
 
     async def handle(
-        self, expected: type[Event], handler: Handler, consumer: str, message: AbstractIncomingMessage
+        self,
+        expected: type[Event],
+        handler: Handler,
+        consumer: str,
+        message: AbstractIncomingMessage,
     ) -> None:
         name = event_name(expected)
         try:
@@ -169,4 +173,3 @@ def _header(message: AbstractIncomingMessage, name: str) -> str | None:
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
     return value if isinstance(value, str) else None
-

@@ -18,7 +18,7 @@ POINTS = (
 _armed_in_process: set[str] = set()
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 - it stands for a kill, not an error
+class SimulatedCrash(BaseException):
     """Raised at an armed crash point in-process; BaseException so no handler swallows it."""
 
 

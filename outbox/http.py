@@ -67,7 +67,9 @@ async def ready(
     try:
         await asyncio.wait_for(messaging.check_database(), timeout)
     except Exception as exc:
-        failed["database"] = f"no answer within {timeout}s" if isinstance(exc, TimeoutError) else str(exc)
+        failed["database"] = (
+            f"no answer within {timeout}s" if isinstance(exc, TimeoutError) else str(exc)
+        )
     if not messaging.broker_connected():
         failed["broker"] = "not connected"
     if "database" not in failed and "broker" not in failed:
@@ -91,15 +93,23 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _database_unavailable(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[dict[str, Any]]:
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
-    return Response({"status_code": 503, "detail": "database unavailable, try again"}, status_code=503)
+    return Response(
+        {"status_code": 503, "detail": "database unavailable, try again"}, status_code=503
+    )
 
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     if isinstance(exc, HTTPException):
         return Response(
-            {"status_code": exc.status_code, "detail": exc.detail, **({"extra": exc.extra} if exc.extra else {})},
+            {
+                "status_code": exc.status_code,
+                "detail": exc.detail,
+                **({"extra": exc.extra} if exc.extra else {}),
+            },
             status_code=exc.status_code,
             headers=exc.headers,
         )
@@ -148,6 +158,7 @@ def create_service_app(
             Exception: _internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
+        logging_config=None,  # keep the process's JSON logging (outbox.server)
         debug=False,
     )
 
@@ -177,10 +188,12 @@ async def replay(
     key gets 409 rather than waiting, and a crash frees the key with the transaction.
     """
     locked = await session.scalar(
-        select(func.pg_try_advisory_xact_lock(func.hashtextextended(f"{scope}\x00{key}", 0)))
+        select(func.pg_try_advisory_xact_lock(func.hashtext(scope), func.hashtext(key)))
     )
     if not locked:
-        raise ClientException(status_code=409, detail="a request with this Idempotency-Key is in flight")
+        raise ClientException(
+            status_code=409, detail="a request with this Idempotency-Key is in flight"
+        )
     previous = await session.get(IdempotencyKey, (scope, key))
     if previous is None:
         return None

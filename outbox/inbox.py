@@ -12,7 +12,11 @@ from outbox.tables import InboxMessage
 
 
 async def claim(
-    session: AsyncSession, consumer: str, message_id: uuid.UUID, event: Event, emitted_by: str | None
+    session: AsyncSession,
+    consumer: str,
+    message_id: uuid.UUID,
+    event: Event,
+    emitted_by: str | None,
 ) -> bool:
     """True if `consumer` has not handled `message_id` before; the claim commits with the handler.
 

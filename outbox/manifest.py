@@ -19,8 +19,12 @@ class Manifest:
     """What one service listens to and tells the world; queues and bindings derive from it."""
 
     service: str
-    consumes: Mapping[type[Event], Handler]
+    consumes: Mapping[Any, Handler]  # event class -> handler of that event
     emits: tuple[type[Event], ...]
+    #: Emitted events that no service of ours needs to receive (published for whoever wants them).
+    #: The broker returning one of these as unroutable is not an error; for every other event it is,
+    #: and the relay keeps the row until a queue is bound.
+    broadcasts: tuple[type[Event], ...] = ()
 
     def queue_for(self, event: type[Event]) -> str:
         """The durable queue this service reads `event` from: `<service>.<EventName>`."""

@@ -16,6 +16,11 @@ HANDLER_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 PUBLISHED = Counter("saga_outbox_published_total", "Outbox rows confirmed by the broker.")
+UNROUTED = Counter(
+    "saga_outbox_unrouted_total",
+    "Broadcast events the broker returned because no queue is bound to them.",
+    ["event"],
+)
 OUTBOX_DWELL = Histogram(
     "saga_outbox_dwell_seconds",
     "Time from an outbox row's insert to the broker's confirm.",

@@ -102,4 +102,3 @@ def alembic_config(package: str, database_url: str) -> Config:
     cfg.set_main_option("script_location", str(Path(module.__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     return cfg
-

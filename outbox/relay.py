@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
+from aio_pika.exceptions import PublishError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -22,7 +24,10 @@ log = logging.getLogger(__name__)
 
 def to_message(row: OutboxMessage, service: str) -> aio_pika.Message:
     """The AMQP message for an outbox row: the properties and headers of SPEC §3."""
-    headers: dict[str, str | int] = {"traceparent": row.traceparent, "schema_version": SCHEMA_VERSION}
+    headers: dict[str, str | int] = {
+        "traceparent": row.traceparent,
+        "schema_version": SCHEMA_VERSION,
+    }
     if row.causation_id is not None:
         headers["causation_id"] = str(row.causation_id)
     return aio_pika.Message(
@@ -54,8 +59,10 @@ class Relay:
         *,
         batch_size: int = 256,
         sweep_interval_s: float = 1.0,
+        broadcasts: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
+        self._broadcasts = broadcasts
         self._sessionmaker = sessionmaker
         self._batch_size = batch_size
         self._sweep_interval_s = sweep_interval_s
@@ -84,10 +91,8 @@ class Relay:
                 continue
             failures = 0
             if published < self._batch_size:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._sweep_interval_s)
-                except TimeoutError:
-                    pass
 
     async def publish_batch(self) -> int:
         """Publish one batch of unpublished rows; returns how many were confirmed and marked."""
@@ -116,7 +121,9 @@ class Relay:
         for row in confirmed:
             metrics.OUTBOX_DWELL.observe(_age_seconds(row))
         if len(confirmed) < len(rows):
-            raise RuntimeError(f"{len(rows) - len(confirmed)} of {len(rows)} messages not confirmed")
+            raise RuntimeError(
+                f"{len(rows) - len(confirmed)} of {len(rows)} messages not confirmed"
+            )
         return len(confirmed)
 
     async def _publish(self, rows: Sequence[OutboxMessage]) -> list[OutboxMessage]:
@@ -128,7 +135,10 @@ class Relay:
         )
         confirmed = []
         for row, result in zip(rows, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, PublishError) and row.event_type in self._broadcasts:
+                metrics.UNROUTED.labels(row.event_type).inc()  # nobody subscribed: that is fine
+                confirmed.append(row)
+            elif isinstance(result, BaseException):
                 log.warning("relay: %s %s not published: %r", row.event_type, row.event_id, result)
             else:
                 confirmed.append(row)
@@ -150,7 +160,7 @@ async def purge_expired(
     total = 0
     for table, column in _RETAINED.items():
         stmt = text(
-            f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table}"  # noqa: S608 - constants
+            f"DELETE FROM {table} WHERE ctid IN (SELECT ctid FROM {table}"
             f" WHERE {column} < now() - make_interval(secs => :retention) LIMIT :batch)"
         )
         while True:

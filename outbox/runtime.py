@@ -9,8 +9,13 @@ import logging
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 
+from contracts import event_name
 from outbox import metrics
 from outbox.consumer import Consumer
 from outbox.manifest import Manifest
@@ -51,6 +56,7 @@ class Messaging:
             self.sessionmaker,
             batch_size=settings.relay_batch_size,
             sweep_interval_s=settings.relay_sweep_interval_s,
+            broadcasts=frozenset(event_name(event) for event in manifest.broadcasts),
         )
         self.consumer = Consumer(
             manifest, self.sessionmaker, max_attempts=settings.handler_max_attempts
@@ -60,7 +66,9 @@ class Messaging:
 
     async def start(self) -> None:
         """Connect (retrying until the broker answers) and start consumer, relay and purge."""
-        self._tasks.append(asyncio.create_task(self._run(), name=f"{self.manifest.service}-messaging"))
+        self._tasks.append(
+            asyncio.create_task(self._run(), name=f"{self.manifest.service}-messaging")
+        )
         self._tasks.append(asyncio.create_task(self._purge_forever(), name="outbox-purge"))
 
     async def stop(self) -> None:
@@ -96,7 +104,11 @@ class Messaging:
             publisher_confirms=True, on_return_raises=True
         )
         publish_exchange = await publish_channel.get_exchange(self.settings.exchange, ensure=False)
-        log.info("%s: consuming %d queues, relay running", self.manifest.service, len(self.manifest.consumes))
+        log.info(
+            "%s: consuming %d queues, relay running",
+            self.manifest.service,
+            len(self.manifest.consumes),
+        )
         await self.relay.run(publish_exchange)
 
     async def _purge_forever(self) -> None:
@@ -122,7 +134,8 @@ class Messaging:
                     select(
                         func.count(),
                         func.coalesce(
-                            func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)), 0
+                            func.extract("epoch", func.now() - func.min(OutboxMessage.created_at)),
+                            0,
                         ),
                     ).where(OutboxMessage.published_at.is_(None))
                 )
@@ -130,4 +143,3 @@ class Messaging:
         metrics.OUTBOX_BACKLOG.set(count)
         metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
         return int(count), float(oldest)
-

@@ -43,7 +43,7 @@ def configure_logging(service: str, level: str) -> None:
     logging.getLogger(service).setLevel(level.upper())
 
 
-def main(settings: ServiceSettings, create_app: Callable[[ServiceSettings], Litestar]) -> None:
+def main(settings: ServiceSettings, create_app: Callable[[Any], Litestar]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {settings.service}")
     parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
     args = parser.parse_args()

@@ -1,0 +1,27 @@
+"""What inventory_service listens to and tells the world; queue bindings derive from this."""
+
+from contracts import (
+    OrderCancelled,
+    OrderCreated,
+    PaymentFailed,
+    PaymentSucceeded,
+    StockCommitted,
+    StockFailed,
+    StockReleased,
+    StockReserved,
+)
+from inventory_service import handlers
+from outbox import Manifest
+
+SERVICE = "inventory_service"
+CONSUMES = {
+    OrderCreated: handlers.reserve_stock,
+    PaymentSucceeded: handlers.commit_stock,
+    PaymentFailed: handlers.release_stock,
+    OrderCancelled: handlers.release_stock,
+}
+EMITS = (StockReserved, StockFailed, StockCommitted, StockReleased)
+# Published for whoever wants to know; no service of ours needs it (SPEC §2).
+BROADCASTS = (StockReleased,)
+
+MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, BROADCASTS)

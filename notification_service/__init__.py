@@ -1,0 +1,1 @@
+"""notification_service: tells customers how their orders ended, and when they were refunded."""

@@ -1,0 +1,64 @@
+"""notification_service's HTTP API: what customers were told (SPEC §6)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import Parameter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from notification_service.models import Notification
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class NotificationOut(msgspec.Struct):
+    notification_id: uuid.UUID
+    order_id: uuid.UUID
+    customer_id: str
+    event: str
+    message: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, notification: Notification) -> NotificationOut:
+        return cls(
+            notification_id=notification.notification_id,
+            order_id=notification.order_id,
+            customer_id=notification.customer_id,
+            event=notification.event,
+            message=notification.message,
+            created_at=notification.created_at,
+        )
+
+
+class NotificationController(Controller):
+    path = "/notifications"
+    tags = ["notifications"]
+
+    @get("/")
+    async def list_notifications(
+        self,
+        session: AsyncSession,
+        order_id: uuid.UUID | None = None,
+        customer_id: Name | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> list[NotificationOut]:
+        """The latest `limit` notifications, oldest first: of one order with `order_id`, of one
+        customer with `customer_id`, of everyone with neither."""
+        query = (
+            select(Notification)
+            .order_by(Notification.created_at.desc(), Notification.notification_id.desc())
+            .limit(limit)
+        )
+        if order_id is not None:
+            query = query.where(Notification.order_id == order_id)
+        if customer_id is not None:
+            query = query.where(Notification.customer_id == customer_id)
+        latest = (await session.scalars(query)).all()
+        return [NotificationOut.of(notification) for notification in reversed(latest)]

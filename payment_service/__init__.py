@@ -1,0 +1,1 @@
+"""payment_service: keeps customers' accounts, charges reserved orders, refunds cancelled ones."""

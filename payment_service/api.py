@@ -1,0 +1,174 @@
+"""payment_service's HTTP API: open accounts, deposit money, look at payments (SPEC §6).
+
+Deposits and payments can be listed too, so that money can be audited: a balance equals the
+account's deposits, minus its charged payments (succeeded or refunded), plus its refunded ones.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.exceptions import ClientException, NotFoundException
+from litestar.params import Parameter
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
+from payment_service.models import Account, Deposit, Payment
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+#: Largest amount one request may move: far above any real payment, far below bigint overflow.
+MAX_CENTS = 10**12
+
+
+class OpenAccount(msgspec.Struct, forbid_unknown_fields=True):
+    customer_id: Name
+    balance_cents: Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS)] = 0
+
+
+class MakeDeposit(msgspec.Struct, forbid_unknown_fields=True):
+    amount_cents: Annotated[int, msgspec.Meta(gt=0, le=MAX_CENTS)]
+
+
+class AccountOut(msgspec.Struct):
+    customer_id: str
+    balance_cents: int
+
+    @classmethod
+    def of(cls, account: Account) -> AccountOut:
+        return cls(customer_id=account.customer_id, balance_cents=account.balance_cents)
+
+
+class DepositOut(msgspec.Struct):
+    deposit_id: uuid.UUID
+    customer_id: str
+    amount_cents: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, deposit: Deposit) -> DepositOut:
+        return cls(
+            deposit_id=deposit.deposit_id,
+            customer_id=deposit.customer_id,
+            amount_cents=deposit.amount_cents,
+            created_at=deposit.created_at,
+        )
+
+
+class PaymentOut(msgspec.Struct):
+    order_id: uuid.UUID
+    customer_id: str
+    payment_id: uuid.UUID | None
+    status: str
+    amount_cents: int
+    reason: str | None
+
+    @classmethod
+    def of(cls, payment: Payment) -> PaymentOut:
+        return cls(
+            order_id=payment.order_id,
+            customer_id=payment.customer_id,
+            payment_id=payment.payment_id,
+            status=payment.status,
+            amount_cents=payment.amount_cents,
+            reason=payment.reason,
+        )
+
+
+class AccountController(Controller):
+    path = "/accounts"
+    tags = ["accounts"]
+
+    @post("/", status_code=201)
+    async def open_account(self, data: OpenAccount, session: AsyncSession) -> Response[AccountOut]:
+        """Open an account (409 if it exists); the opening balance is recorded as a deposit."""
+        if await session.get(Account, data.customer_id) is not None:
+            raise ClientException(status_code=409, detail=f"account {data.customer_id} exists")
+        account = Account.open(data.customer_id)
+        session.add(account)
+        if data.balance_cents > 0:
+            session.add(account.deposit(data.balance_cents))
+        return Response(
+            AccountOut.of(account),
+            status_code=201,
+            headers={"Location": f"/accounts/{account.customer_id}"},
+        )
+
+    @get("/{customer_id:str}")
+    async def get_account(self, customer_id: str, session: AsyncSession) -> AccountOut:
+        account = await session.get(Account, customer_id)
+        if account is None:
+            raise NotFoundException(f"no account {customer_id}")
+        return AccountOut.of(account)
+
+    @post("/{customer_id:str}/deposits", status_code=201)
+    async def deposit(
+        self,
+        customer_id: str,
+        data: MakeDeposit,
+        session: AsyncSession,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> Response[AccountOut] | Response[bytes]:
+        """Pay money in; answers the account with its new balance."""
+        body_hash = request_hash(data)
+        scope = f"deposits:{customer_id}"
+        if idempotency_key is not None:
+            previous = await replay(session, scope, idempotency_key, body_hash)
+            if previous is not None:
+                return previous
+        account = await session.get(Account, customer_id, with_for_update=True)
+        if account is None:
+            raise NotFoundException(f"no account {customer_id}")
+        session.add(account.deposit(data.amount_cents))
+        body = AccountOut.of(account)
+        if idempotency_key is not None:
+            remember(session, scope, idempotency_key, body_hash, 201, body)
+        return Response(body, status_code=201)
+
+
+class DepositController(Controller):
+    path = "/deposits"
+    tags = ["accounts"]
+
+    @get("/")
+    async def list_deposits(
+        self,
+        session: AsyncSession,
+        customer_id: Name | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+    ) -> list[DepositOut]:
+        """Deposits, oldest first; of one customer with `customer_id`."""
+        query = select(Deposit).order_by(Deposit.created_at, Deposit.deposit_id).limit(limit)
+        if customer_id is not None:
+            query = query.where(Deposit.customer_id == customer_id)
+        return [DepositOut.of(deposit) for deposit in await session.scalars(query)]
+
+
+class PaymentController(Controller):
+    path = "/payments"
+    tags = ["payments"]
+
+    @get("/{order_id:uuid}")
+    async def get_payment(self, order_id: uuid.UUID, session: AsyncSession) -> PaymentOut:
+        """What was done about an order's payment; `payment_id` is null unless it was charged."""
+        payment = await session.get(Payment, order_id)
+        if payment is None:
+            raise NotFoundException(f"no payment for order {order_id}")
+        return PaymentOut.of(payment)
+
+    @get("/")
+    async def list_payments(
+        self,
+        session: AsyncSession,
+        customer_id: Name | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+    ) -> list[PaymentOut]:
+        """Payments, oldest first; of one customer with `customer_id`."""
+        query = select(Payment).order_by(Payment.created_at, Payment.order_id).limit(limit)
+        if customer_id is not None:
+            query = query.where(Payment.customer_id == customer_id)
+        return [PaymentOut.of(payment) for payment in await session.scalars(query)]

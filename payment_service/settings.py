@@ -1,0 +1,9 @@
+"""payment_service configuration: the shared settings with its own defaults."""
+
+from outbox import ServiceSettings, local_database_url
+
+
+class Settings(ServiceSettings, kw_only=True, frozen=True):
+    service: str = "payment_service"
+    port: int = 8002
+    database_url: str = local_database_url("payment_service")

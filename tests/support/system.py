@@ -1,0 +1,159 @@
+"""The four services as real processes, for e2e and fault tests: start, stop, kill, restart, ask."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.name],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/health/ready?timeout=1", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not ready after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no acks, no commits in flight."""
+        self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class System:
+    """Four services, each on its own database, all on one broker vhost."""
+
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        database_urls: dict[str, str],
+        amqp_url: str,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        per_service_env: dict[str, dict[str, str]] | None = None,
+    ) -> System:
+        system = cls()
+        for name in SERVICES:
+            port = free_port()
+            inherited = {k: v for k, v in os.environ.items() if k != "ORDER_SAGA_CRASH_AT"}
+            env = {
+                **inherited,
+                "PYTHONUNBUFFERED": "1",
+                "PORT": str(port),
+                "DATABASE_URL": database_urls[name],
+                "AMQP_URL": amqp_url,
+                "RELAY_SWEEP_INTERVAL_S": "0.5",
+                **(extra_env or {}),
+                **((per_service_env or {}).get(name, {})),
+            }
+            system.services[name] = ServiceProcess(name, port, env, log_dir / f"{name}.log")
+        return system
+
+    def start(self, timeout: float = 60.0) -> None:
+        for service in self.services.values():
+            service.start()
+        for service in self.services.values():
+            service.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.services[name]
+
+    @property
+    def order(self) -> str:
+        return self.services["order_service"].url
+
+    @property
+    def inventory(self) -> str:
+        return self.services["inventory_service"].url
+
+    @property
+    def payment(self) -> str:
+        return self.services["payment_service"].url
+
+    @property
+    def notification(self) -> str:
+        return self.services["notification_service"].url
