@@ -155,17 +155,39 @@ class Consumer:
     async def _handle_once(
         self, event: Event, handler: Handler, consumer: str, message: AbstractIncomingMessage
     ) -> bool:
-        """One transaction: inbox claim, handler, outbox rows. False if it was a duplicate."""
-        token = current_cause.set(Cause(event.event_id, _header(message, "traceparent")))
-        try:
-            async with self._sessionmaker() as session, session.begin():
-                if not await inbox.claim(session, consumer, event.event_id, event, message.app_id):
-                    return False
-                await handler(session, event)
-                crash_point("consumer.before_commit")
-            return True
-        finally:
-            current_cause.reset(token)
+        return await deliver(
+            self._sessionmaker,
+            consumer,
+            event,
+            handler,
+            emitted_by=message.app_id,
+            traceparent=_header(message, "traceparent"),
+        )
+
+
+async def deliver(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    consumer: str,
+    event: Event,
+    handler: Handler,
+    *,
+    emitted_by: str | None = None,
+    traceparent: str | None = None,
+) -> bool:
+    """Handle one event in one transaction: inbox claim, handler, outbox rows. False if a duplicate.
+
+    The consumer calls this for every delivery; tests call it to deliver events in any order.
+    """
+    token = current_cause.set(Cause(event.event_id, traceparent))
+    try:
+        async with sessionmaker() as session, session.begin():
+            if not await inbox.claim(session, consumer, event.event_id, event, emitted_by):
+                return False
+            await handler(session, event)
+            crash_point("consumer.before_commit")
+        return True
+    finally:
+        current_cause.reset(token)
 
 
 def _header(message: AbstractIncomingMessage, name: str) -> str | None:
