@@ -13,7 +13,7 @@ from contracts.events import ALL_EVENTS, Event
 SCHEMA_VERSION = 1
 
 _encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Union[ALL_EVENTS])  # type: ignore[arg-type]  # noqa: UP007
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Union[ALL_EVENTS])  # noqa: UP007
 _by_name = {cls.__name__: cls for cls in ALL_EVENTS}
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -122,7 +122,7 @@ def create_service_app(
     route_handlers: Sequence[ControllerRouterHandler],
     *,
     title: str,
-    background: Sequence[Callable[[], Awaitable[None]]] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Litestar:
     """A service's Litestar app: its routes plus health, metrics and OpenAPI; its lifespan applies
     migrations, then runs the messaging runtime and the service's own background loops."""

@@ -74,6 +74,7 @@ def drop_messaging_tables() -> None:
 def run_env() -> None:
     """Body of every service's `migrations/env.py`: online migrations under an advisory lock."""
     url = context.config.get_main_option("sqlalchemy.url")
+    assert url is not None, "alembic_config() sets sqlalchemy.url"
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with engine.connect() as connection:
         connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})

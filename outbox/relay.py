@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import aio_pika
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractExchange, FieldValue
 from aio_pika.exceptions import PublishError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def to_message(row: OutboxMessage, service: str) -> aio_pika.Message:
     """The AMQP message for an outbox row: the properties and headers of SPEC §3."""
-    headers: dict[str, str | int] = {
+    headers: dict[str, FieldValue] = {
         "traceparent": row.traceparent,
         "schema_version": SCHEMA_VERSION,
     }
