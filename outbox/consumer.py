@@ -43,7 +43,11 @@ def parse(message: AbstractIncomingMessage, expected: type[Event]) -> Event:
     if len(message.body) > MAX_BODY_BYTES:
         raise PoisonMessage(f"body of {len(message.body)} bytes exceeds {MAX_BODY_BYTES}")
     version = (message.headers or {}).get("schema_version", SCHEMA_VERSION)
-    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+    if (
+        not isinstance(version, int)
+        or isinstance(version, bool)
+        or not 1 <= version <= SCHEMA_VERSION
+    ):
         raise PoisonMessage(f"unknown schema_version {version!r}")
     name = message.type or message.routing_key or ""
     if name != event_name(expected):

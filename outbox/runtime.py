@@ -74,9 +74,8 @@ class Messaging:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # A task may have died of anything (a SimulatedCrash included): close up all the same.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if self.connection is not None:
             with contextlib.suppress(Exception):
@@ -84,18 +83,33 @@ class Messaging:
         await self.engine.dispose()
 
     async def _run(self) -> None:
+        """Set up and serve; a failure before the relay runs (broker down, access refused) is
+        retried from scratch, since a robust connection only restores what was set up."""
         delay = 0.2
         while True:
             try:
-                self.connection = await aio_pika.connect_robust(
-                    self.settings.amqp_url,
-                    client_properties={"connection_name": self.manifest.service},
-                )
-                break
+                await self._serve()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
-                log.warning("broker not reachable (%s), retrying in %.1fs", exc, delay)
+                log.warning(
+                    "%s: broker setup failed (%r), retrying in %.1fs",
+                    self.manifest.service,
+                    exc,
+                    delay,
+                )
+                if self.connection is not None:
+                    with contextlib.suppress(Exception):
+                        await self.connection.close()
+                    self.connection = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _serve(self) -> None:
+        self.connection = await aio_pika.connect_robust(
+            self.settings.amqp_url,
+            client_properties={"connection_name": self.manifest.service},
+        )
         consume_channel = await self.connection.channel()
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
         exchange = await declare_exchange(consume_channel, self.settings.exchange)

@@ -1,0 +1,1 @@
+"""Test support: servers, per-test broker vhosts and databases, services run in-process, waiting."""

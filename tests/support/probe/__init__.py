@@ -1,0 +1,66 @@
+"""probe_service: a stand-in service for outbox tests, whose handlers leave a trace of every run.
+
+Its `effects` table has no unique key, so a handler that ran twice for one message shows two rows:
+only the inbox stands between a redelivery and a second effect. Tests build its manifest with
+the handlers they need (`manifest({OrderCreated: record_effect})`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, String, func, select
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from contracts import Event, event_name
+from outbox import Handler, Manifest, ServiceSettings, local_database_url
+
+SERVICE = "probe_service"
+MIGRATIONS = __name__  # for outbox.migrations.upgrade
+
+
+class Settings(ServiceSettings, kw_only=True, frozen=True):
+    service: str = SERVICE
+    port: int = 0
+    database_url: str = local_database_url(SERVICE)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Effect(Base):
+    """One run of a handler that committed."""
+
+    __tablename__ = "effects"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    event_type: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    recorded_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+
+
+async def record_effect(session: AsyncSession, event: Event) -> None:
+    session.add(
+        Effect(message_id=event.event_id, event_type=event_name(event), order_id=event.order_id)
+    )
+
+
+def manifest(
+    consumes: Mapping[type[Event], Handler],
+    emits: tuple[type[Event], ...] = (),
+    broadcasts: tuple[type[Event], ...] = (),
+) -> Manifest:
+    return Manifest(SERVICE, consumes, emits, broadcasts)
+
+
+async def effects(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Effect]:
+    async with sessionmaker() as session:
+        return list(await session.scalars(select(Effect).order_by(Effect.id)))

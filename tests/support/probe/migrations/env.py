@@ -1,0 +1,3 @@
+from outbox.migrations import run_env
+
+run_env()

@@ -1,0 +1,93 @@
+"""A service's messaging (`outbox.Messaging`: consumer, relay, purge) run in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from outbox import Manifest, Messaging, ServiceSettings
+from outbox.faults import SimulatedCrash
+from outbox.migrations import upgrade
+from outbox.tables import InboxMessage, OutboxMessage
+from tests.support.broker import Broker
+
+#: Quicker than production so that tests which wait for a sweep do not wait long.
+TEST_SETTINGS: dict[str, Any] = {"relay_sweep_interval_s": 0.2, "db_pool_size": 5}
+
+
+async def migrate(package: str, database_url: str) -> None:
+    """Apply `package`'s alembic history (e.g. "order_service") to the database."""
+    await asyncio.to_thread(upgrade, package, database_url)
+
+
+async def start_messaging(
+    manifest: Manifest,
+    settings_class: type[ServiceSettings],
+    *,
+    database_url: str,
+    broker: Broker,
+    **overrides: Any,
+) -> Messaging:
+    """Start `manifest`'s consumer and relay against a (migrated) database in the broker's vhost.
+
+    Returns once every queue of the manifest has its consumer, so that messages published from
+    then on are handled. `overrides` are settings (`handler_max_attempts=3`, `amqp_url=…`).
+    """
+    settings = settings_class(
+        database_url=database_url,
+        **{"amqp_url": broker.vhost.amqp_url, **TEST_SETTINGS, **overrides},
+    )
+    messaging = Messaging(manifest, settings)
+    await messaging.start()
+    try:
+        await broker.wait_consumed(manifest.queue_for(event) for event in manifest.consumes)
+    except BaseException:
+        await stop_messaging(messaging)
+        raise
+    return messaging
+
+
+async def stop_messaging(messaging: Messaging) -> None:
+    """Stop a service's messaging, also after a `SimulatedCrash` killed it (as a process restart)."""
+    try:
+        await messaging.stop()
+    except SimulatedCrash:
+        # stop() re-raises the crash of a task before closing anything: finish the job.
+        if messaging.connection is not None:
+            with contextlib.suppress(Exception):
+                await messaging.connection.close()
+        await messaging.engine.dispose()
+
+
+def crashed(messaging: Messaging) -> bool:
+    """True once one of the messaging's tasks died of a `SimulatedCrash` (an armed crash point).
+
+    Reads `Messaging._tasks`: outbox offers no public way to see that a task died."""
+    return any(
+        task.done() and not task.cancelled() and isinstance(task.exception(), SimulatedCrash)
+        for task in messaging._tasks
+    )
+
+
+async def outbox_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> list[OutboxMessage]:
+    async with sessionmaker() as session:
+        return list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+async def inbox_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> list[InboxMessage]:
+    async with sessionmaker() as session:
+        return list(await session.scalars(select(InboxMessage).order_by(InboxMessage.handled_at)))
+
+
+def handled(event: str, outcome: str) -> float:
+    """How many `event` messages this process's consumers have counted with `outcome` so far
+    (handled, duplicate, retried, dead_lettered, poison): the service's /metrics counter."""
+    value = REGISTRY.get_sample_value(
+        "saga_messages_handled_total", {"event": event, "outcome": outcome}
+    )
+    return value or 0.0
