@@ -120,6 +120,19 @@ class ReservationController(Controller):
     path = "/reservations"
     tags = ["reservations"]
 
+    @get("/")
+    async def list_reservations(
+        self,
+        session: AsyncSession,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        offset: int = Parameter(default=0, ge=0, le=10**9),
+    ) -> list[ReservationOut]:
+        """Every order's reservation, by order id, a page at a time (for audits)."""
+        reservations = await session.scalars(
+            select(Reservation).order_by(Reservation.order_id).limit(limit).offset(offset)
+        )
+        return [ReservationOut.of(reservation) for reservation in reservations]
+
     @get("/{order_id:uuid}")
     async def get_reservation(self, order_id: uuid.UUID, session: AsyncSession) -> ReservationOut:
         """What inventory did for an order: reserved, committed (sold), released or rejected."""

@@ -14,7 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# A `Parameter`, not `msgspec.Meta`: Litestar ignores the latter on query parameters, and
+# PostgreSQL refuses the NUL byte an unchecked one lets through (a 503, not a 400).
+SomeCustomerId = Annotated[
+    str | None, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+]
 
 
 class NotificationOut(msgspec.Struct):
@@ -46,15 +50,17 @@ class NotificationController(Controller):
         self,
         session: AsyncSession,
         order_id: uuid.UUID | None = None,
-        customer_id: Name | None = None,
+        customer_id: SomeCustomerId = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
     ) -> list[NotificationOut]:
-        """The latest `limit` notifications, oldest first: of one order with `order_id`, of one
-        customer with `customer_id`, of everyone with neither."""
+        """The latest `limit` notifications after skipping the `offset` latest, oldest first: of
+        one order with `order_id`, of one customer with `customer_id`, of everyone with neither."""
         query = (
             select(Notification)
             .order_by(Notification.created_at.desc(), Notification.notification_id.desc())
             .limit(limit)
+            .offset(offset)
         )
         if order_id is not None:
             query = query.where(Notification.order_id == order_id)

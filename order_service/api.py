@@ -117,7 +117,7 @@ class OrderController(Controller):
             default=None, min_length=1, max_length=64, pattern=NAME_PATTERN
         ),
         limit: int = Parameter(default=100, ge=1, le=1000),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=10**9),  # past a bigint: a 503, not a 400
     ) -> list[OrderOut]:
         """Orders, newest first; of one customer with `customer_id`."""
         query = (

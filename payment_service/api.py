@@ -21,6 +21,12 @@ from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
 from payment_service.models import Account, Deposit, Payment
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Litestar applies `Parameter` constraints to path and query parameters; it ignores `msgspec.Meta`
+# there, and PostgreSQL refuses the NUL byte an unchecked one lets through (a 503, not a 400).
+CustomerId = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+SomeCustomerId = Annotated[
+    str | None, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+]
 #: Largest amount one request may move: far above any real payment, far below bigint overflow.
 MAX_CENTS = 10**12
 
@@ -98,8 +104,19 @@ class AccountController(Controller):
             headers={"Location": f"/accounts/{account.customer_id}"},
         )
 
+    @get("/")
+    async def list_accounts(
+        self,
+        session: AsyncSession,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+    ) -> list[AccountOut]:
+        """Every account, by customer id, a page at a time (for audits)."""
+        query = select(Account).order_by(Account.customer_id).limit(limit).offset(offset)
+        return [AccountOut.of(account) for account in await session.scalars(query)]
+
     @get("/{customer_id:str}")
-    async def get_account(self, customer_id: str, session: AsyncSession) -> AccountOut:
+    async def get_account(self, customer_id: CustomerId, session: AsyncSession) -> AccountOut:
         account = await session.get(Account, customer_id)
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
@@ -108,7 +125,7 @@ class AccountController(Controller):
     @post("/{customer_id:str}/deposits", status_code=201)
     async def deposit(
         self,
-        customer_id: str,
+        customer_id: CustomerId,
         data: MakeDeposit,
         session: AsyncSession,
         idempotency_key: str | None = IDEMPOTENCY_KEY,
@@ -138,11 +155,17 @@ class DepositController(Controller):
     async def list_deposits(
         self,
         session: AsyncSession,
-        customer_id: Name | None = None,
+        customer_id: SomeCustomerId = None,
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
     ) -> list[DepositOut]:
         """Deposits, oldest first; of one customer with `customer_id`."""
-        query = select(Deposit).order_by(Deposit.created_at, Deposit.deposit_id).limit(limit)
+        query = (
+            select(Deposit)
+            .order_by(Deposit.created_at, Deposit.deposit_id)
+            .limit(limit)
+            .offset(offset)
+        )
         if customer_id is not None:
             query = query.where(Deposit.customer_id == customer_id)
         return [DepositOut.of(deposit) for deposit in await session.scalars(query)]
@@ -164,11 +187,17 @@ class PaymentController(Controller):
     async def list_payments(
         self,
         session: AsyncSession,
-        customer_id: Name | None = None,
+        customer_id: SomeCustomerId = None,
         limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
     ) -> list[PaymentOut]:
         """Payments, oldest first; of one customer with `customer_id`."""
-        query = select(Payment).order_by(Payment.created_at, Payment.order_id).limit(limit)
+        query = (
+            select(Payment)
+            .order_by(Payment.created_at, Payment.order_id)
+            .limit(limit)
+            .offset(offset)
+        )
         if customer_id is not None:
             query = query.where(Payment.customer_id == customer_id)
         return [PaymentOut.of(payment) for payment in await session.scalars(query)]
