@@ -1,0 +1,272 @@
+"""`make trace ORDER=<id>`: one saga's timeline, hop by hop, read from the four services' outbox and inbox.
+
+Each service keeps, for the retention window (`RETENTION_S`, 7 days by default), the events it
+emitted (outbox: committed at `created_at`, published at `published_at`) and the messages it
+handled (inbox: one row per queue and message id, `handled_at`). Joined on the event id they tell
+who emitted what, who consumed it, and when, in ms since the order was placed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import psycopg
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from contracts import event_name
+from inventory_service.messaging import MANIFEST as INVENTORY
+from notification_service.messaging import MANIFEST as NOTIFICATION
+from order_service.messaging import MANIFEST as ORDER
+from outbox import Manifest, local_database_url
+from payment_service.messaging import MANIFEST as PAYMENT
+
+MANIFESTS: tuple[Manifest, ...] = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
+SERVICES = tuple(manifest.service for manifest in MANIFESTS)
+
+#: event name -> the queues that consume it (`<service>.<Event>`), as the manifests bind them.
+SUBSCRIBERS: dict[str, tuple[str, ...]] = {}
+for _manifest in MANIFESTS:
+    for _event in _manifest.consumes:
+        SUBSCRIBERS.setdefault(event_name(_event), ())
+        SUBSCRIBERS[event_name(_event)] += (_manifest.queue_for(_event),)
+
+STYLES = {
+    "OrderCompleted": "bold green",
+    "StockFailed": "red",
+    "PaymentFailed": "red",
+    "OrderCancelled": "bold red",
+    "StockReleased": "yellow",
+    "PaymentRefunded": "yellow",
+}
+
+
+def database_urls(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each service's database: `<SERVICE>_DATABASE_URL` (e.g. ORDER_SERVICE_DATABASE_URL), else local."""
+    env = os.environ if env is None else env
+    return {
+        service: env.get(f"{service.upper()}_DATABASE_URL", local_database_url(service))
+        for service in SERVICES
+    }
+
+
+@dataclass(frozen=True)
+class Handling:
+    queue: str  # `<service>.<Event>`
+    handled_at: datetime
+
+    @property
+    def service(self) -> str:
+        return self.queue.split(".", 1)[0]
+
+
+@dataclass
+class Hop:
+    """One event of the saga: who emitted it, when, and which queues handled it."""
+
+    event_type: str
+    event_id: uuid.UUID
+    emitted_by: str | None
+    causation_id: uuid.UUID | None = None
+    committed_at: datetime | None = None  # None: not in any outbox (published by hand, or purged)
+    published_at: datetime | None = None
+    handled: list[Handling] = field(default_factory=list)
+
+    @property
+    def waiting_for(self) -> list[str]:
+        """Queues bound to this event that have not handled it (yet)."""
+        done = {h.queue for h in self.handled}
+        return [q for q in SUBSCRIBERS.get(self.event_type, ()) if q not in done]
+
+    @property
+    def at(self) -> datetime:
+        times = [self.committed_at, self.published_at, *(h.handled_at for h in self.handled)]
+        return min(t for t in times if t is not None)
+
+
+@dataclass
+class Timeline:
+    order_id: uuid.UUID
+    hops: list[Hop]
+    unreachable: list[str] = field(default_factory=list)  # services whose database did not answer
+
+    @property
+    def placed_at(self) -> datetime | None:
+        """When OrderCreated was committed with the order; else the earliest time known."""
+        created = [h.committed_at for h in self.hops if h.event_type == "OrderCreated"]
+        if created and created[0] is not None:
+            return created[0]
+        return min((h.at for h in self.hops), default=None)
+
+    def ms(self, at: datetime | None) -> float | None:
+        placed = self.placed_at
+        if at is None or placed is None:
+            return None
+        return (at - placed).total_seconds() * 1000
+
+    @property
+    def settled(self) -> bool:
+        """Every event published and handled by every queue bound to it: nothing is in flight."""
+        return bool(self.hops) and all(
+            (hop.committed_at is None or hop.published_at is not None) and not hop.waiting_for
+            for hop in self.hops
+        )
+
+    def events(self) -> list[str]:
+        return [hop.event_type for hop in self.hops]
+
+
+def _conninfo(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy URL (`postgresql+psycopg://…`)."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def read_timeline(order_id: uuid.UUID | str, urls: Mapping[str, str] | None = None) -> Timeline:
+    """Read one order's saga from every service's outbox and inbox."""
+    order_id = uuid.UUID(str(order_id))
+    urls = urls or database_urls()
+    hops: dict[uuid.UUID, Hop] = {}
+    handlings: list[tuple[uuid.UUID, str, str | None, Handling]] = []
+    unreachable = []
+    for service, url in urls.items():
+        try:
+            with psycopg.connect(_conninfo(url), connect_timeout=5) as conn:
+                for event_type, event_id, causation_id, created_at, published_at in conn.execute(
+                    "SELECT event_type, event_id, causation_id, created_at, published_at"
+                    " FROM outbox WHERE order_id = %s",
+                    (order_id,),
+                ):
+                    hops[event_id] = Hop(
+                        event_type, event_id, service, causation_id, created_at, published_at
+                    )
+                for queue, message_id, event_type, emitted_by, handled_at in conn.execute(
+                    "SELECT consumer, message_id, event_type, emitted_by, handled_at"
+                    " FROM inbox WHERE order_id = %s",
+                    (order_id,),
+                ):
+                    handlings.append(
+                        (message_id, event_type, emitted_by, Handling(queue, handled_at))
+                    )
+        except psycopg.Error:
+            unreachable.append(service)
+    for message_id, event_type, emitted_by, handling in handlings:
+        hop = hops.setdefault(message_id, Hop(event_type, message_id, emitted_by))
+        hop.handled.append(handling)
+    for hop in hops.values():
+        hop.handled.sort(key=lambda h: h.handled_at)
+    return Timeline(order_id, sorted(hops.values(), key=lambda h: h.at), unreachable)
+
+
+def _ms(value: float | None) -> str:
+    """Milliseconds; from 10 s on, seconds marked as such (a timeout, a service down)."""
+    if value is None:
+        return "[dim]?[/]"
+    return f"{value:,.0f}" if abs(value) < 10_000 else f"{value / 1000:,.1f} s"
+
+
+def console() -> Console:
+    """A console as wide as the terminal; 100 columns when writing to a file or a pipe."""
+    return Console() if sys.stdout.isatty() else Console(width=100)
+
+
+def _short(service: str | None) -> str:
+    return "[dim]?[/]" if service is None else service.removesuffix("_service")
+
+
+LEGEND = (
+    "Times in ms (or s) since the order was placed. committed: the event written to the outbox"
+    " with the state change; published: confirmed by the broker; handled: committed by the"
+    " consumer of that service's queue; after: the event that caused it (blank: an HTTP request,"
+    " or the order's deadline)."
+)
+
+
+def render(timeline: Timeline, title: str | None = None, *, legend: bool = True) -> Table:
+    """The timeline as a table: one section per event, one line per queue that handled it."""
+    table = Table(
+        title=title or f"saga of order {timeline.order_id}",
+        title_justify="left",
+        caption=LEGEND if legend else None,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("#", justify="right")
+    table.add_column("event", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("after")
+    table.add_column("committed", justify="right")
+    table.add_column("published", justify="right")
+    table.add_column("to", no_wrap=True)
+    table.add_column("handled", justify="right")
+    number = {hop.event_id: i for i, hop in enumerate(timeline.hops, start=1)}
+    for i, hop in enumerate(timeline.hops, start=1):
+        style = STYLES.get(hop.event_type, "cyan")
+        cause = number.get(hop.causation_id) if hop.causation_id else None
+        published = (
+            _ms(timeline.ms(hop.published_at))
+            if hop.committed_at is None or hop.published_at is not None
+            else "[yellow]not yet[/]"
+        )
+        lines = [(_short(h.service), _ms(timeline.ms(h.handled_at))) for h in hop.handled]
+        lines += [(_short(q.split(".", 1)[0]), "[yellow]waiting[/]") for q in hop.waiting_for]
+        if not lines:
+            lines = [("[dim]nobody[/]", "")]
+        after = f"#{cause}" if cause else ""
+        for j, (consumer, handled) in enumerate(lines):
+            event_cells = (
+                [
+                    str(i),
+                    f"[{style}]{hop.event_type}[/]",
+                    _short(hop.emitted_by),
+                    after,
+                    _ms(timeline.ms(hop.committed_at)),
+                    published,
+                ]
+                if j == 0
+                else [""] * 6
+            )
+            table.add_row(*event_cells, consumer, handled, end_section=j == len(lines) - 1)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.trace", description="Print one saga's timeline, hop by hop."
+    )
+    parser.add_argument("order_id", type=uuid.UUID, help="the order's id")
+    for service in SERVICES:
+        parser.add_argument(
+            f"--{service.replace('_', '-')}-database-url",
+            dest=service,
+            metavar="URL",
+            help=f"default: ${service.upper()}_DATABASE_URL, else the local {service} database",
+        )
+    args = parser.parse_args()
+    urls = {**database_urls(), **{s: getattr(args, s) for s in SERVICES if getattr(args, s)}}
+    out = console()
+    timeline = read_timeline(args.order_id, urls)
+    for service in timeline.unreachable:
+        out.print(f"[yellow]{service}'s database did not answer ({urls[service]})[/]")
+    if not timeline.hops:
+        sys.exit(
+            f"no events for order {args.order_id} in any outbox or inbox"
+            " (unknown order, or older than the retention window RETENTION_S)"
+        )
+    out.print(render(timeline))
+    if not timeline.settled:
+        out.print("[yellow]some events are still in flight: run it again to see them land[/]")
+
+
+if __name__ == "__main__":
+    main()
