@@ -29,7 +29,12 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     prefetch: int = 64
     relay_batch_size: int = 256
     relay_sweep_interval_s: float = 1.0
-    handler_max_attempts: int = 10
+    #: Readiness fails while the oldest unpublished outbox row is older than this, though the
+    #: database and the broker answer: the relay is stuck (an event nobody may receive, say).
+    relay_stuck_after_s: float = 30.0
+    #: Attempts at a message whose handler raises, with backoff of 0.05 s doubling up to 5 s: 16 keep
+    #: retrying for about 45 s, so that a database restart is waited out rather than dead-lettered.
+    handler_max_attempts: int = 16
     retention_s: float = 7 * 24 * 3600.0
     purge_interval_s: float = 60.0
     migrate_on_start: bool = True

@@ -20,23 +20,33 @@ async def declare_exchange(channel: AbstractChannel, name: str = EXCHANGE) -> Ab
     return await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
+def dead_letter_exchange(service: str) -> str:
+    """The service's own exchange for dead letters. Not the default exchange: a user who may
+    write to that can put messages into any queue, past the topic permissions on `events`."""
+    return f"{service}.dead-letters"
+
+
 async def declare_queues(
     channel: AbstractChannel, manifest: Manifest, exchange: AbstractExchange
 ) -> dict[type[Event], AbstractQueue]:
     """Declare (idempotently) each consumed event's queue, its binding and its dead-letter queue."""
     queues: dict[type[Event], AbstractQueue] = {}
+    dead_letters = await channel.declare_exchange(
+        dead_letter_exchange(manifest.service), aio_pika.ExchangeType.DIRECT, durable=True
+    )
     for event in manifest.consumes:
         name = manifest.queue_for(event)
-        await channel.declare_queue(
+        dead = await channel.declare_queue(
             dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
         )
+        await dead.bind(dead_letters, routing_key=dead_letter_queue(name))
         queue = await channel.declare_queue(
             name,
             durable=True,
             arguments={
                 "x-queue-type": "quorum",
                 "x-delivery-limit": DELIVERY_LIMIT,
-                "x-dead-letter-exchange": "",
+                "x-dead-letter-exchange": dead_letters.name,
                 "x-dead-letter-routing-key": dead_letter_queue(name),
                 # Quorum queues can dead-letter at-least-once, which needs reject-publish overflow.
                 "x-dead-letter-strategy": "at-least-once",

@@ -1,0 +1,328 @@
+"""Each service on its own RabbitMQ user and PostgreSQL role, as `tools.provision` makes them: it can
+do its own work and nothing else. Users and roles are global on a server, so each test makes its
+own (with a random prefix) in its own vhost and databases, and deletes them afterwards."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import aio_pika
+import psycopg
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import ChannelAccessRefused
+
+import outbox
+from contracts import (
+    Item,
+    OrderCreated,
+    PaymentSucceeded,
+    StockFailed,
+    StockReleased,
+    StockReserved,
+)
+from outbox import Manifest
+from outbox.settings import ServiceSettings
+from outbox.topology import declare_exchange, declare_queues
+from tests.support.broker import Broker, Vhost, message_for
+from tests.support.databases import create_database, drop_database
+from tests.support.servers import Servers
+from tests.support.services import migrate
+from tests.support.wait import eventually
+from tools.provision import (
+    MANIFESTS,
+    amqp_url,
+    database_url,
+    delete_broker_user,
+    drop_role,
+    provision_broker,
+    provision_database,
+)
+
+#: The broker's answer to what a user has no right to do (AMQP 403, which aiormq raises as
+#: ChannelAccessRefused), naming the resource.
+ACCESS_REFUSED = "ACCESS_REFUSED"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A service's own user and role (same name), and the URLs it would be started with."""
+
+    service: str
+    name: str
+    database: str
+    amqp_url: str
+    database_url: str
+
+    @property
+    def manifest(self) -> Manifest:
+        return MANIFESTS[self.service]
+
+
+Provision = Callable[..., Account]
+
+
+@pytest.fixture
+def provision(servers: Servers, vhost: Vhost) -> Iterator[Provision]:
+    """`provision("order_service")`: that service's user in the test's vhost, and its role owning
+    a database of its own (`database=` to hand over an existing one)."""
+    prefix = f"t{secrets.token_hex(4)}"
+    made: list[Account] = []
+
+    def make(service: str, *, database: str | None = None) -> Account:
+        name = f"{prefix}_{service}"
+        database = database or name
+        secret = secrets.token_hex(8)
+        account = Account(
+            service=service,
+            name=name,
+            database=database,
+            amqp_url=amqp_url(vhost.amqp_url, vhost.name, name, secret),
+            database_url=database_url(servers.postgres_admin_url, database, name, secret),
+        )
+        made.append(account)
+        provision_broker(servers.rabbitmq_api, vhost.name, MANIFESTS[service], name, secret)
+        provision_database(servers.postgres_admin_url, database, name, secret)
+        return account
+
+    yield make
+    for account in made:
+        delete_broker_user(servers.rabbitmq_api, account.name)
+        drop_database(servers.postgres_admin_url, account.database_url)
+        drop_role(servers.postgres_admin_url, account.name)
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://")
+
+
+async def _ignore(message: AbstractIncomingMessage) -> None:
+    pass
+
+
+def order_created() -> OrderCreated:
+    return OrderCreated(
+        order_id=uuid.uuid4(), customer_id="alice", items=(Item(sku="book", quantity=1),)
+    )
+
+
+async def test_a_service_may_publish_the_events_it_emits_and_no_other(
+    provision: Provision, broker: Broker
+) -> None:
+    order = provision("order_service")
+    tap = await broker.tap("OrderCreated", "StockReserved")
+    created = order_created()
+    forged = StockReserved(
+        order_id=created.order_id, customer_id="alice", items=created.items, amount_cents=0
+    )
+
+    async with await aio_pika.connect(order.amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await declare_exchange(channel)
+        await exchange.publish(message_for(created), "OrderCreated")
+        with pytest.raises(ChannelAccessRefused, match=f"{ACCESS_REFUSED}.*topic 'StockReserved'"):
+            await exchange.publish(message_for(forged), "StockReserved")
+    [received] = await tap.wait_for(1)
+    assert received.message_id == str(created.event_id)
+    assert tap.with_id(forged.event_id) == []  # refused messages never reach the exchange
+
+
+async def test_a_service_cannot_slip_a_message_into_another_services_queue(
+    provision: Provision, broker: Broker
+) -> None:
+    """The default exchange routes to any queue by name, past the topic permissions on `events`:
+    services get no access to it (dead letters go through their own exchange instead)."""
+    payment = provision("payment_service")
+    order = provision("order_service")
+    async with await aio_pika.connect(payment.amqp_url) as connection:
+        channel = await connection.channel()
+        await declare_queues(channel, payment.manifest, await declare_exchange(channel))
+    created = order_created()
+    forged = StockReserved(
+        order_id=created.order_id, customer_id="alice", items=created.items, amount_cents=0
+    )
+
+    async with await aio_pika.connect(order.amqp_url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(ChannelAccessRefused, match=ACCESS_REFUSED):
+            await channel.default_exchange.publish(
+                message_for(forged), "payment_service.StockReserved"
+            )
+    state = await broker.queue_state("payment_service.StockReserved")
+    assert state is not None
+    assert state.messages == 0
+
+
+async def test_a_service_cannot_read_another_services_queue(
+    provision: Provision, broker: Broker
+) -> None:
+    payment = provision("payment_service")
+    order = provision("order_service")
+    async with await aio_pika.connect(payment.amqp_url) as connection:
+        channel = await connection.channel()
+        await declare_queues(channel, payment.manifest, await declare_exchange(channel))
+
+    async with await aio_pika.connect(order.amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("payment_service.StockReserved", ensure=False)
+        with pytest.raises(ChannelAccessRefused, match=ACCESS_REFUSED):
+            await queue.consume(_ignore)
+
+
+async def test_a_service_cannot_listen_to_events_it_does_not_consume(
+    provision: Provision,
+) -> None:
+    order = provision("order_service")
+
+    async with await aio_pika.connect(order.amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await declare_exchange(channel)
+        queue = await channel.declare_queue("order_service.eavesdropping", auto_delete=True)
+        with pytest.raises(ChannelAccessRefused, match=ACCESS_REFUSED):
+            await queue.bind(exchange, "PaymentRefunded")
+
+
+def test_a_services_role_cannot_connect_to_another_services_database(
+    provision: Provision,
+) -> None:
+    order = provision("order_service")
+    payment = provision("payment_service")
+    as_payment_in_orders = payment.database_url.rsplit("/", 1)[0] + f"/{order.database}"
+
+    with psycopg.connect(_libpq(order.database_url)) as connection:
+        assert connection.execute("SELECT current_user").fetchone() == (order.name,)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(_libpq(as_payment_in_orders))
+
+
+#: One event each service emits, staged through its outbox and published by its relay.
+SAMPLE_EMITTED = {
+    "order_service": order_created(),
+    "inventory_service": StockReleased(order_id=uuid.uuid4(), items=()),
+    "payment_service": PaymentSucceeded(
+        order_id=uuid.uuid4(), customer_id="alice", payment_id=uuid.uuid4(), amount_cents=100
+    ),
+    "notification_service": None,  # emits nothing
+}
+
+
+@pytest.mark.parametrize("service", list(MANIFESTS))
+async def test_each_service_migrates_declares_its_queues_and_publishes_under_its_own_rights(
+    service: str, provision: Provision, broker: Broker, start_service
+) -> None:
+    account = provision(service)
+    event = SAMPLE_EMITTED[service]
+    tap = await broker.tap(*(e.__name__ for e in account.manifest.emits))
+
+    await migrate(service, account.database_url)
+    messaging = await start_service(
+        account.manifest,
+        ServiceSettings,
+        service=service,
+        port=0,
+        database_url=account.database_url,
+        amqp_url=account.amqp_url,
+    )
+    if event is not None:
+        async with messaging.sessionmaker() as session, session.begin():
+            outbox.add(session, event)
+        [published] = await tap.wait_for(1, timeout=30)
+        assert published.message_id == str(event.event_id)
+    for consumed in account.manifest.consumes:
+        dead_letters = f"{account.manifest.queue_for(consumed)}.dlq"
+        assert await broker.queue_state(dead_letters) is not None
+
+
+async def test_a_database_the_superuser_created_and_migrated_is_handed_over_to_the_services_role(
+    servers: Servers, provision: Provision, broker: Broker, start_service
+) -> None:
+    """What `make up` finds after an older version ran every service as the superuser."""
+    legacy_url = create_database(servers.postgres_admin_url, "order_service")
+    try:
+        await migrate("order_service", legacy_url)
+        database = legacy_url.rsplit("/", 1)[1]
+        order = provision("order_service", database=database)
+    except BaseException:
+        drop_database(servers.postgres_admin_url, legacy_url)
+        raise
+    tap = await broker.tap("OrderCreated")
+
+    await migrate("order_service", order.database_url)  # as the role: nothing left to do
+    messaging = await start_service(
+        order.manifest,
+        ServiceSettings,
+        service="order_service",
+        port=0,
+        database_url=order.database_url,
+        amqp_url=order.amqp_url,
+    )
+    created = order_created()
+    async with messaging.sessionmaker() as session, session.begin():
+        outbox.add(session, created)
+
+    [published] = await tap.wait_for(1, timeout=30)
+    assert published.message_id == str(created.event_id)
+    await eventually(lambda: _all_published(order), timeout=30)
+    with psycopg.connect(_libpq(order.database_url)) as connection:
+        owners = connection.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+            " WHERE relnamespace = 'public'::regnamespace"
+        ).fetchall()
+    assert owners == [(order.name,)]
+
+
+def _all_published(account: Account) -> bool:
+    with psycopg.connect(_libpq(account.database_url)) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+        ).fetchone()
+    return row == (0,)
+
+
+async def _declare_the_old_way(broker: Broker, event: str) -> str:
+    """order_service's queue for `event` as versions before its own dead-letter exchange made it."""
+    name = f"order_service.{event}"
+    channel = await broker.connection.channel()
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": f"{name}.dlq",
+        },
+    )
+    await queue.bind(await declare_exchange(channel), event)
+    await channel.close()
+    return name
+
+
+async def test_an_empty_queue_declared_by_an_older_version_is_replaced_one_holding_messages_kept(
+    provision: Provision, broker: Broker
+) -> None:
+    """Its arguments name the default exchange for dead letters, so the service could not declare
+    it again: provisioning deletes it if that loses nothing (the service declares it anew)."""
+    empty = await _declare_the_old_way(broker, "StockReserved")
+    holding = await _declare_the_old_way(broker, "StockFailed")
+    await broker.publish(message_for(StockFailed(order_id=uuid.uuid4(), reason="out_of_stock")))
+    await eventually(lambda: _holds_messages(broker, holding))
+
+    with pytest.raises(SystemExit, match=rf"{re.escape(holding)} .* still holds messages"):
+        provision("order_service")
+
+    assert await broker.queue_state(empty) is None
+    state = await broker.queue_state(holding)
+    assert state is not None
+    assert state.messages == 1
+    # Still bound, so it still receives (the broker would return an unroutable message).
+    await broker.publish(message_for(StockFailed(order_id=uuid.uuid4(), reason="out_of_stock")))
+    await eventually(lambda: _holds_messages(broker, holding, 2))
+
+
+async def _holds_messages(broker: Broker, queue: str, count: int = 1) -> bool:
+    state = await broker.queue_state(queue)
+    return state is not None and state.messages >= count

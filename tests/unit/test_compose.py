@@ -1,0 +1,130 @@
+"""compose.yaml, checked without a Docker engine: it follows the Compose specification (the JSON
+schema that check-jsonschema ships), starts everything in order of health rather than of sleeps,
+and runs each service from the one image with its own credentials, as `tools.provision` makes them."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+
+from tools import provision
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose.yaml"
+SERVICES = list(provision.MANIFESTS)
+DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")  # ${VARIABLE:-default}
+
+
+def check_against_specification(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def with_defaults(text: str) -> str:
+    """`text` as Compose interpolates it when no variable is set."""
+    return DEFAULT.sub(lambda match: match.group(2), text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(with_defaults(COMPOSE.read_text()))
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+def test_compose_yaml_follows_the_compose_specification() -> None:
+    checked = check_against_specification(COMPOSE)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_specification_check_refuses_a_broken_compose_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(COMPOSE.read_text().replace("service_healthy", "healthy", 1))
+    checked = check_against_specification(broken)
+    assert checked.returncode != 0, checked.stdout
+
+
+def test_every_long_running_container_has_a_health_check_and_waits_for_healthy_ones(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    one_shot = {name for name, spec in services.items() if spec.get("restart") == "no"}
+    assert one_shot == {"provision"}
+    for name, spec in services.items():
+        if name not in one_shot:
+            assert spec["healthcheck"]["test"][0] == "CMD", name
+        for dependency, condition in spec.get("depends_on", {}).items():
+            expected = (
+                "service_completed_successfully" if dependency in one_shot else "service_healthy"
+            )
+            assert condition == {"condition": expected}, (name, dependency)
+    assert set(services["provision"]["depends_on"]) == {"postgres", "rabbitmq"}
+    for service in SERVICES:
+        assert set(services[service]["depends_on"]) == {"provision", "postgres", "rabbitmq"}
+    assert services["rabbitmq"]["image"] == "rabbitmq:3.13-management"
+    assert services["rabbitmq"]["healthcheck"]["test"][1:] == ["rabbitmq-diagnostics", "-q", "ping"]
+    assert services["postgres"]["healthcheck"]["test"][1] == "pg_isready"
+
+
+def test_nothing_waits_by_sleeping(compose: dict[str, Any]) -> None:
+    assert not [s for s in strings(compose) if re.search(r"\bsleep\b", s)]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_runs_from_the_one_image_with_its_own_credentials(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(f"{service.upper()}_PASSWORD", raising=False)
+    spec = compose["services"][service]
+    env = spec["environment"]
+    database, broker = make_url(env["DATABASE_URL"]), make_url(env["AMQP_URL"])
+
+    assert spec["command"] == ["python", "-m", service]
+    assert spec["build"] == compose["services"]["provision"]["build"] == "."
+    assert spec["image"] == compose["services"]["provision"]["image"]
+    assert env["HOST"] == "0.0.0.0"
+    assert [f"{env['PORT']}:{env['PORT']}"] == spec["ports"]
+    assert "/health/ready" in spec["healthcheck"]["test"][-1]
+    assert (database.drivername, database.host, database.database) == (
+        "postgresql+psycopg",
+        "postgres",
+        service,
+    )
+    assert (database.username, database.password) == (service, provision.password(service))
+    assert (broker.host, broker.username, broker.password) == (
+        "rabbitmq",
+        service,
+        provision.password(service),
+    )
+    provision_env = compose["services"]["provision"]["environment"]
+    assert provision_env[f"{service.upper()}_PASSWORD"] == provision.password(service)
+
+
+def test_the_image_is_python_311_slim_and_installs_the_project() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", ".run"} <= set(ignored)

@@ -1,0 +1,329 @@
+"""`python -m tools.provision`: each service's own RabbitMQ user and PostgreSQL role, and no more rights.
+
+Run by `make up` (through `tools.services up`) and by the `provision` job of compose.yaml; safe to
+run again. For each service, named `<service>` on both servers, with password `<service>-dev`
+unless `<SERVICE>_PASSWORD` is set (`ORDER_SERVICE_PASSWORD=…`):
+
+- RabbitMQ: configure, write and read only the exchange `events` and the service's own resources
+  (`<service>.…`: its queues, their dead-letter queues, its dead-letter exchange); on `events`, publish
+  only the routing keys it emits and bind only those it consumes (topic permissions). Everything is
+  derived from the service's manifest.
+- PostgreSQL: a LOGIN role that owns the service's database and everything in it; CONNECT is
+  revoked from PUBLIC, so no other service's role can even connect.
+
+Rights are granted through the management HTTP API and as the PostgreSQL superuser: given by
+`RABBITMQ_API` (with credentials) and `POSTGRES_ADMIN_DSN`; the vhost by `RABBITMQ_VHOST`.
+`--migrate` then applies each service's migrations as its own role (`make migrate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from contracts import event_name
+from inventory_service.messaging import MANIFEST as INVENTORY
+from notification_service.messaging import MANIFEST as NOTIFICATION
+from order_service.messaging import MANIFEST as ORDER
+from outbox import Manifest
+from outbox.manifest import dead_letter_queue
+from outbox.topology import EXCHANGE, dead_letter_exchange
+from payment_service.messaging import MANIFEST as PAYMENT
+
+MANIFESTS: dict[str, Manifest] = {m.service: m for m in (ORDER, INVENTORY, PAYMENT, NOTIFICATION)}
+
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RABBITMQ_API = os.environ.get("RABBITMQ_API", "http://guest:guest@127.0.0.1:15672")
+RABBITMQ_VHOST = os.environ.get("RABBITMQ_VHOST", "/")
+#: Where services reach the broker; credentials and vhost are filled in per service.
+AMQP_SERVER = os.environ.get("AMQP_SERVER", "amqp://127.0.0.1:5672/")
+
+
+def password(service: str) -> str:
+    """The service's password on both servers: `<SERVICE>_PASSWORD`, else the dev default."""
+    return os.environ.get(f"{service.upper()}_PASSWORD", f"{service}-dev")
+
+
+# --- RabbitMQ --------------------------------------------------------------------------------
+
+
+def _alternatives(names: list[str]) -> str:
+    """A regular expression matching exactly these names (and nothing at all if there are none)."""
+    return f"^({'|'.join(re.escape(name) for name in names)})$" if names else "(?!)"
+
+
+def broker_permissions(manifest: Manifest, exchange: str = EXCHANGE) -> dict[str, str]:
+    """Vhost permissions: the shared exchange and the service's own `<service>.…` resources.
+
+    Not the default exchange: write access to it would let a service put messages straight into
+    any queue, past the topic permissions. Dead letters go through the service's own exchange."""
+    own = f"^({re.escape(exchange)}|{re.escape(manifest.service)}\\..*)$"
+    return {"configure": own, "write": own, "read": own}
+
+
+def topic_permissions(manifest: Manifest, exchange: str = EXCHANGE) -> dict[str, str]:
+    """On `exchange`: publish only the events the service emits, bind only those it consumes."""
+    return {
+        "exchange": exchange,
+        "write": _alternatives([event_name(event) for event in manifest.emits]),
+        "read": _alternatives([event_name(event) for event in manifest.consumes]),
+    }
+
+
+class RabbitMQ:
+    """The management HTTP API, as an administrator (`api` carries the credentials)."""
+
+    def __init__(self, api: str) -> None:
+        self.api = api.rstrip("/")
+
+    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = httpx.request(method, self.api + path, timeout=10, **kwargs)
+        response.raise_for_status()
+        return response
+
+    def get(self, path: str) -> Any | None:
+        response = httpx.get(self.api + path, timeout=10)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+
+def _q(segment: str) -> str:
+    return quote(segment, safe="")
+
+
+def provision_broker(
+    api: str, vhost: str, manifest: Manifest, user: str, secret: str, exchange: str = EXCHANGE
+) -> None:
+    """Create or update `user` with `manifest`'s rights in `vhost` (which must exist)."""
+    rabbit = RabbitMQ(api)
+    rabbit.call("PUT", f"/api/users/{_q(user)}", json={"password": secret, "tags": ""})
+    rabbit.call(
+        "PUT",
+        f"/api/permissions/{_q(vhost)}/{_q(user)}",
+        json=broker_permissions(manifest, exchange),
+    )
+    rabbit.call(
+        "PUT",
+        f"/api/topic-permissions/{_q(vhost)}/{_q(user)}",
+        json=topic_permissions(manifest, exchange),
+    )
+    _retire_stale_queues(rabbit, vhost, manifest)
+
+
+def _retire_stale_queues(rabbit: RabbitMQ, vhost: str, manifest: Manifest) -> None:
+    """Delete the service's queues declared before they dead-lettered through its own exchange.
+
+    A queue's arguments cannot change, so the service could not declare such a queue again; and
+    quorum queues cannot be deleted "if empty" in one step. So: a queue still consumed (by a
+    service started before) is left to the next `make down && make up`; any other is unbound from
+    `events` first, so that nothing more reaches it (the emitter's relay gets it back and retries),
+    then looked into; empty, it is deleted and its service declares it anew on start; holding
+    messages, it is bound again and provisioning stops rather than lose them."""
+    dlx = dead_letter_exchange(manifest.service)
+    for event in manifest.consumes:
+        name = manifest.queue_for(event)
+        queue = f"/api/queues/{_q(vhost)}/{_q(name)}"
+        found = rabbit.get(queue)
+        if found is None or found["arguments"].get("x-dead-letter-exchange") == dlx:
+            continue
+        if found.get("consumers"):
+            print(f"queue {name} is consumed by an older {manifest.service}: make down && make up")
+            continue
+        bindings = [b for b in rabbit.get(f"{queue}/bindings") or [] if b["source"]]
+        for binding in bindings:
+            rabbit.call(
+                "DELETE", _binding_path(vhost, binding) + f"/{_q(binding['properties_key'])}"
+            )
+        left = rabbit.call(
+            "POST",
+            f"{queue}/get",
+            json={"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"},
+        ).json()
+        if left:
+            for binding in bindings:
+                rabbit.call(
+                    "POST",
+                    _binding_path(vhost, binding),
+                    json={"routing_key": binding["routing_key"], "arguments": binding["arguments"]},
+                )
+            raise SystemExit(
+                f"queue {name} was declared by an older version and still holds messages:"
+                f" run {manifest.service} from that version until it is empty"
+                f" (or move its messages to {dead_letter_queue(name)}), then run this again"
+            )
+        rabbit.call("DELETE", queue)
+        print(f"deleted queue {name} (empty; {manifest.service} declares it anew)")
+
+
+def _binding_path(vhost: str, binding: dict[str, Any]) -> str:
+    return f"/api/bindings/{_q(vhost)}/e/{_q(binding['source'])}/q/{_q(binding['destination'])}"
+
+
+def delete_broker_user(api: str, user: str) -> None:
+    response = httpx.delete(f"{api.rstrip('/')}/api/users/{_q(user)}", timeout=10)
+    if response.status_code != 404:
+        response.raise_for_status()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+def _libpq(url: str, database: str | None = None) -> str:
+    """A SQLAlchemy or libpq URL as a libpq connection string, optionally for another database."""
+    parsed = make_url(url).set(drivername="postgresql")
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+# ALTER … OWNER for each kind of relation; tables before sequences, which follow their table.
+_OWNED_RELATIONS = {
+    "r": "TABLE",
+    "p": "TABLE",
+    "v": "VIEW",
+    "m": "MATERIALIZED VIEW",
+    "S": "SEQUENCE",
+}
+
+
+def provision_database(admin_dsn: str, database: str, role: str, secret: str) -> None:
+    """Create or update `role` (LOGIN, `secret`) as the owner of `database` and of all it holds.
+
+    A database created earlier by the superuser (an older `make up`) is handed over, tables and
+    all; CONNECT is revoked from PUBLIC, so only its owner (and superusers) can connect."""
+    with psycopg.connect(_libpq(admin_dsn), autocommit=True) as conn:
+        role_id, db_id = sql.Identifier(role), sql.Identifier(database)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        conn.execute(
+            sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"), role_id, sql.Literal(secret)
+            )
+        )
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(db_id, role_id))
+        else:
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db_id, role_id))
+            print(f"created database {database}")
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db_id))
+    with psycopg.connect(_libpq(admin_dsn, database), autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(role_id))
+        for kind, keyword in _OWNED_RELATIONS.items():
+            names = conn.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'public' AND c.relkind = %s"
+                " AND c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                [kind, role],
+            ).fetchall()
+            for (name,) in names:
+                conn.execute(
+                    sql.SQL("ALTER {} public.{} OWNER TO {}").format(
+                        sql.SQL(keyword), sql.Identifier(name), role_id
+                    )
+                )
+
+
+def drop_role(admin_dsn: str, role: str) -> None:
+    """Drop `role`, which must own no database any more."""
+    with psycopg.connect(_libpq(admin_dsn), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+# --- What the services are given -------------------------------------------------------------
+
+
+def database_url(admin_dsn: str, database: str, role: str, secret: str) -> str:
+    """The SQLAlchemy URL a service uses: its own role, on the admin's server."""
+    url = make_url(admin_dsn).set(
+        drivername="postgresql+psycopg", username=role, password=secret, database=database
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def amqp_url(server: str, vhost: str, user: str, secret: str) -> str:
+    """The AMQP URL a service uses: its own user and vhost on `server` (any AMQP URL of it)."""
+    parts = urlsplit(server)
+    netloc = f"{_q(user)}:{_q(secret)}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    path = "/" if vhost == "/" else "/" + _q(vhost)  # the default vhost, as URLs usually write it
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def service_env(service: str) -> dict[str, str]:
+    """`DATABASE_URL` and `AMQP_URL` for a service on the local servers, with its own credentials."""
+    secret = password(service)
+    return {
+        "DATABASE_URL": database_url(POSTGRES_ADMIN_DSN, service, service, secret),
+        "AMQP_URL": amqp_url(AMQP_SERVER, RABBITMQ_VHOST, service, secret),
+    }
+
+
+T = TypeVar("T")
+
+
+def _retry(what: str, attempt: Callable[[], T], timeout: float) -> T:
+    """`attempt()` until it succeeds: in compose, the broker's management API answers a little
+    after the node does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return attempt()
+        except (httpx.HTTPError, psycopg.OperationalError) as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{what} does not answer after {timeout:.0f}s: {exc}") from exc
+            time.sleep(0.5)
+
+
+def provision(
+    manifests: Mapping[str, Manifest] = MANIFESTS, *, timeout: float = 60.0, migrate: bool = False
+) -> None:
+    """Provision every service on the servers given by the environment; optionally migrate."""
+    for service, manifest in manifests.items():
+        secret = password(service)
+        _retry(
+            "the RabbitMQ management API",
+            partial(provision_broker, RABBITMQ_API, RABBITMQ_VHOST, manifest, service, secret),
+            timeout,
+        )
+        _retry(
+            "PostgreSQL",
+            partial(provision_database, POSTGRES_ADMIN_DSN, service, service, secret),
+            timeout,
+        )
+        print(f"provisioned {service}: RabbitMQ user and PostgreSQL role {service!r}")
+        if migrate:
+            from outbox.migrations import upgrade
+
+            upgrade(service, database_url(POSTGRES_ADMIN_DSN, service, service, secret))
+            print(f"migrated {service}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.provision",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--migrate", action="store_true", help="then apply each service's migrations as its role"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args()
+    provision(timeout=args.timeout, migrate=args.migrate)
+
+
+if __name__ == "__main__":
+    main()
