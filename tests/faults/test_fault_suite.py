@@ -1,0 +1,145 @@
+"""The fault suite: a mixed load runs while processes are killed, paused and cut off, the broker
+drops connections and the databases drop sessions; once healed, every guarantee must hold.
+
+Run it alone with `make test-faults`; `make test` runs it too. Global faults (broker stop_app/
+start_app, PostgreSQL restart) join in with `SAGA_FAULTS_GLOBAL=1`; see tests/support/faults.py.
+`SAGA_FAULTS_SEED` replays a run's random choices; `SAGA_FAULTS_REPORT=<file>` keeps its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.audit import audit_deliveries
+from tests.support.broker import Vhost
+from tests.support.faults import (
+    GLOBAL,
+    HEARTBEAT_S,
+    RECONNECT_INTERVAL_S,
+    BrokerUsers,
+    Faults,
+)
+from tests.support.load import Load
+from tests.support.system import SERVICES, running_system
+from tools.check import check, snapshot
+from tools.client import Shop, Urls
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(480)]
+
+#: Orders per second the clients aim at: moderate, for a busy two-core machine.
+RATE = 4.0
+#: How long the saga may take, once the faults are over, to bring everything to rest: an order
+#: delayed past its deadline is cancelled by the sweeper, then compensated.
+HEAL_S = 120.0
+
+
+def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_under_load(
+    servers, tmp_path
+):
+    seed = int(os.environ.get("SAGA_FAULTS_SEED") or random.randrange(1_000_000))
+    rng = random.Random(seed)
+    began = time.monotonic()
+    vhost = Vhost.create(servers)
+    query = f"heartbeat={HEARTBEAT_S}&reconnect_interval={RECONNECT_INTERVAL_S}"
+    try:
+        with (
+            BrokerUsers.create(vhost, SERVICES, query) as users,
+            running_system(
+                servers,
+                tmp_path,
+                vhost=vhost,
+                extra_env={"DB_POOL_SIZE": "5"},  # a shared PostgreSQL: 40 sessions at most
+                per_service_env={s: {"AMQP_URL": url} for s, url in users.amqp_urls.items()},
+            ) as system,
+        ):
+            urls = Urls(system.order, system.inventory, system.payment, system.notification)
+            faults = Faults(system, vhost, users, servers.postgres_admin_url, rng)
+            load = Load(urls, rate=RATE, seed=rng.randrange(1_000_000))
+            load.prepare()
+            baseline = snapshot(urls)
+
+            load.start()
+            try:
+                inject(faults, rng)
+            finally:
+                load.stop()
+            for service in system.services.values():
+                if not service.running:
+                    service.start()
+                service.wait_ready(timeout=90)
+            faults.wait_all_consumed()
+            report = check(urls, vhost.api, vhost.name, baseline=baseline, wait=HEAL_S)
+            with Shop(urls, timeout=30) as shop:
+                problems = load.verify(shop) if report.ok else []
+                outcomes = load.outcomes(shop)
+            published, undelivered = audit_deliveries(system.databases)
+
+            violations = [f"{v.guarantee} {v.subject}: {v.detail}" for v in report.violations]
+            violations += problems + undelivered
+            figures = {
+                "seed": seed,
+                "global faults": GLOBAL,
+                "orders": len(load.placed),
+                "kinds": dict(load.kinds),
+                "outcomes": dict(outcomes),
+                "events published": sum(published.values()),
+                "faults injected": len(faults.log),
+                "faults": dict(faults.log.counts),
+                "requests retried": sum(n for a, n in load.answers.items() if "retried" in a),
+                "answers": dict(load.answers),
+                "checked": report.counts,
+                "violations": len(violations),
+                "seconds": round(time.monotonic() - began),
+            }
+            keep(figures, faults.log.entries)
+            assert not violations, (
+                f"{len(violations)} violations (seed {seed}, logs in {tmp_path}):\n"
+                + "\n".join(violations[:40])
+                + "\nfaults:\n"
+                + "\n".join(map(str, faults.log.entries))
+            )
+    finally:
+        vhost.delete()
+
+
+def inject(faults: Faults, rng: random.Random) -> None:
+    """Every local fault, in a row, while the load runs; then the global ones if enabled."""
+    time.sleep(5)
+    for _ in range(2):  # each service killed at a random moment, twice
+        for name in rng.sample(SERVICES, len(SERVICES)):
+            time.sleep(rng.uniform(1.0, 4.0))
+            faults.kill_and_restart(name, down_s=rng.uniform(0.5, 3.0))
+    faults.kill_storm(rng.choice(["inventory_service", "payment_service", "order_service"]))
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.pause_past_heartbeat(rng.choice(SERVICES))
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.close_all_connections()
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.cut_off(rng.choice(SERVICES), seconds=10)
+    for _ in range(2):
+        time.sleep(rng.uniform(1.0, 4.0))
+        faults.terminate_sessions()
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.databases_down(seconds=6)
+    if GLOBAL:
+        time.sleep(rng.uniform(1.0, 4.0))
+        faults.restart_broker()
+        faults.wait_reconnected(SERVICES)
+        time.sleep(rng.uniform(1.0, 4.0))
+        faults.restart_postgres()
+    time.sleep(5)
+
+
+def keep(figures: dict, entries: list) -> None:
+    print("fault suite:", json.dumps(figures))
+    for at, kind, detail in entries:
+        print(f"  fault at {at:6.1f}s: {kind} — {detail}")
+    target = os.environ.get("SAGA_FAULTS_REPORT")
+    if target:
+        Path(target).write_text(json.dumps({**figures, "log": entries}, indent=2) + "\n")
