@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from contracts import DecodeError, decode
+from contracts import SCHEMA_VERSION, DecodeError, decode
+from outbox.consumer import MAX_BODY_BYTES
 from tools.client import Urls
 
 DEFAULT_RABBITMQ_API = "http://guest:guest@127.0.0.1:15672"
@@ -450,11 +451,18 @@ def _judge(queue: str, message: dict[str, Any]) -> DeadLetter:
         else payload.encode()
     )
     event = properties.get("type")
-    try:
-        decode(body, event)
-        problem = None
-    except DecodeError as exc:
-        problem = str(exc)
+    version = (properties.get("headers") or {}).get("schema_version", SCHEMA_VERSION)
+    problem: str | None
+    if len(body) > MAX_BODY_BYTES:
+        problem = f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}"
+    elif not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        problem = f"unknown schema_version {version!r}"
+    else:
+        try:
+            decode(body, event)
+            problem = None
+        except DecodeError as exc:
+            problem = str(exc)
     return DeadLetter(
         queue, properties.get("message_id"), event, properties.get("correlation_id"), problem
     )
