@@ -10,7 +10,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers up down status migrate test test-unit test-integration test-e2e lint demo check trace dlq redrive bench
+.PHONY: help install servers up down status migrate test test-unit test-integration test-e2e lint demo check trace dlq redrive bench screenshot
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,12 +34,11 @@ down: ## Stop the services started by `make up`
 status: install ## Show which services run and are ready
 	$(PY) -m tools.services status
 
-migrate: servers ## Apply every service's migrations (services also do it on start)
-	$(PY) -c "from tools.services import create_databases, SERVICES; create_databases(list(SERVICES))"
-	for s in order_service inventory_service payment_service notification_service; do $(PY) -m $$s migrate || exit 1; done
+migrate: servers ## Apply every service's migrations, as its own role (services also do it on start)
+	$(PY) -m tools.provision --migrate
 
-test: servers ## Run the whole suite: unit, integration and e2e, against real servers
-	$(PY) -m pytest -q
+test: servers ## Run the whole suite against real servers (GLOBAL=1 adds broker and PostgreSQL restarts)
+	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q
 
 test-unit: install ## Unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
@@ -49,5 +48,32 @@ lint: install ## ruff (lint and format check) and mypy on the shared packages
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-demo: up ## Place orders that complete, run out of stock and run short of money; print how each ended
+# The timeout scenario waits for the order deadline: 10 s rather than 30 s for the services that
+# `make demo` starts (services already running keep theirs: `make down` first).
+demo: export ORDER_TIMEOUT_S ?= 10
+demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then check the invariants
 	$(PY) -m tools.demo $(if $(SCENARIO),--scenario $(SCENARIO))
+
+check: install ## Check the guarantees (SPEC §7) on the running services (WAIT=<s> to wait until at rest)
+	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
+
+trace: install ## Print one saga's timeline hop by hop: make trace ORDER=<order id>
+	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id>"; exit 2; }
+	$(PY) -m tools.trace $(ORDER)
+
+dlq: install ## List dead-lettered messages: why they died, how often, their ids (QUEUE=<q>.dlq for one)
+	$(PY) -m tools.dlq list $(if $(QUEUE),--queue $(QUEUE))
+
+redrive: install ## Re-publish dead-lettered messages with their original ids (QUEUE=<q>.dlq for one)
+	$(PY) -m tools.dlq redrive $(if $(QUEUE),--queue $(QUEUE))
+
+screenshot: up ## Screenshot the RabbitMQ management UI (queues page) into docs/management-ui.png; needs chromium
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[screenshot]'
+	$(PY) -m tools.screenshot
+
+.PHONY: test-faults
+test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)
+	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q -s tests/faults
+
+bench: servers ## Benchmark the saga beside raw baselines, on its own services (< 3 min); ARGS="--rate 100 …", PROFILE=1 adds py-spy
+	$(PY) -m tools.bench $(if $(PROFILE),--profile .run/bench/profile) $(ARGS)

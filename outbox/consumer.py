@@ -66,12 +66,17 @@ class Consumer:
         manifest: Manifest,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
-        max_attempts: int = 10,
+        max_attempts: int = 16,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 5.0,
+        concurrency: int = 8,
     ) -> None:
         self.manifest = manifest
         self._sessionmaker = sessionmaker
+        # Prefetch lets the broker hand over many messages at once; this bounds how many handlers
+        # hold a database connection at once, so a backlog never pushes the pool into opening and
+        # closing overflow connections for every burst.
+        self._slots = asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -159,14 +164,15 @@ class Consumer:
     async def _handle_once(
         self, event: Event, handler: Handler, consumer: str, message: AbstractIncomingMessage
     ) -> bool:
-        return await deliver(
-            self._sessionmaker,
-            consumer,
-            event,
-            handler,
-            emitted_by=message.app_id,
-            traceparent=_header(message, "traceparent"),
-        )
+        async with self._slots:
+            return await deliver(
+                self._sessionmaker,
+                consumer,
+                event,
+                handler,
+                emitted_by=message.app_id,
+                traceparent=_header(message, "traceparent"),
+            )
 
 
 async def deliver(

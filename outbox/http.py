@@ -20,18 +20,16 @@ from litestar.params import Parameter
 from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox import migrations
 from outbox.runtime import Messaging
+from outbox.settings import ServiceSettings
 from outbox.tables import IdempotencyKey
 
 log = logging.getLogger(__name__)
-
-#: Longest time the relay may leave a row unpublished while the broker is up before readiness fails.
-RELAY_STUCK_AFTER_S = 30.0
 
 
 async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None]:
@@ -75,7 +73,7 @@ async def ready(
     if "database" not in failed and "broker" not in failed:
         try:
             _, oldest = await asyncio.wait_for(messaging.outbox_backlog(), timeout)
-            if oldest > RELAY_STUCK_AFTER_S:
+            if oldest > messaging.settings.relay_stuck_after_s:
                 failed["relay"] = f"oldest unpublished event is {oldest:.0f}s old"
         except Exception as exc:
             failed["relay"] = f"backlog unreadable: {exc}"
@@ -86,10 +84,13 @@ async def ready(
 
 @get("/metrics", tags=["health"], media_type=MediaType.TEXT, include_in_schema=False)
 async def metrics_endpoint(state: State) -> Response[bytes]:
-    """Prometheus metrics: outbox backlog, handled and failed messages, latencies."""
+    """Prometheus metrics: outbox backlog, dead letters, handled and failed messages, latencies."""
     messaging: Messaging = state.messaging
+    # Gauges read at scrape time; an unreachable database or broker leaves their last values.
     with contextlib.suppress(Exception):
         await asyncio.wait_for(messaging.outbox_backlog(), 1.0)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(messaging.dead_letter_depths(), 1.0)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -99,6 +100,30 @@ def _database_unavailable(
     log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
     return Response(
         {"status_code": 503, "detail": "database unavailable, try again"}, status_code=503
+    )
+
+
+async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
+    """A route that takes a body gets one, as JSON: another media type is refused with 415 rather
+    than parsed as JSON anyway, and a missing body gets a plain 400, not a riddle about `data`."""
+    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+        return
+    if not await request.body():  # read once, kept for the handler; 413 past the size limit
+        raise ClientException(detail="this request needs a JSON body")
+    media_type, _ = request.content_type
+    if media_type != MediaType.JSON and not media_type.endswith("+json"):
+        raise HTTPException(
+            status_code=415,
+            detail=f"send the body as JSON (Content-Type: application/json), not {media_type!r}",
+        )
+
+
+def _too_deeply_nested(
+    request: Request[Any, Any, Any], exc: RecursionError
+) -> Response[dict[str, Any]]:
+    # Decoding a body of ten thousand nested arrays exhausts the recursion limit: bad input.
+    return Response(
+        {"status_code": 400, "detail": "the JSON body is nested too deeply"}, status_code=400
     )
 
 
@@ -117,6 +142,21 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
     return Response({"status_code": 500, "detail": "internal server error"}, status_code=500)
 
 
+async def _migrate_once_the_database_answers(settings: ServiceSettings) -> None:
+    """Apply the migrations, waiting with backoff while the database refuses connections (down,
+    restarting, out of connection slots): a service restarted during a database outage comes up
+    with the database, as it does with the broker, rather than exiting."""
+    delay = 0.2
+    while True:
+        try:
+            await asyncio.to_thread(migrations.upgrade, settings.service, settings.database_url)
+            return
+        except OperationalError as exc:
+            log.warning("database unreachable for migrations (%s), retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def create_service_app(
     messaging: Messaging,
     route_handlers: Sequence[ControllerRouterHandler],
@@ -131,7 +171,7 @@ def create_service_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         if settings.migrate_on_start:
-            await asyncio.to_thread(migrations.upgrade, settings.service, settings.database_url)
+            await _migrate_once_the_database_answers(settings)
         await messaging.start()
         tasks = [asyncio.create_task(loop()) for loop in background]
         try:
@@ -155,9 +195,11 @@ def create_service_app(
         exception_handlers={
             DBAPIError: _database_unavailable,
             PoolTimeoutError: _database_unavailable,
+            RecursionError: _too_deeply_nested,
             Exception: _internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
+        before_request=_json_bodies_only,
         logging_config=None,  # keep the process's JSON logging (outbox.server)
         debug=False,
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Protocol, cast
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, FieldValue
 from aio_pika.exceptions import PublishError
-from sqlalchemy import func, select, text, update
+from sqlalchemy import ARRAY, BigInteger, Table, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import SCHEMA_VERSION
@@ -21,8 +23,36 @@ from outbox.tables import OutboxMessage
 
 log = logging.getLogger(__name__)
 
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+_MARK = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+    .values(published_at=func.clock_timestamp())
+)
 
-def to_message(row: OutboxMessage, service: str) -> aio_pika.Message:
+
+class OutboxRow(Protocol):
+    """What the relay reads of an outbox row: a plain row of the table, or an `OutboxMessage`."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def event_id(self) -> uuid.UUID: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def order_id(self) -> uuid.UUID: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def causation_id(self) -> uuid.UUID | None: ...
+    @property
+    def traceparent(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
     """The AMQP message for an outbox row: the properties and headers of SPEC §3."""
     headers: dict[str, FieldValue] = {
         "traceparent": row.traceparent,
@@ -66,6 +96,14 @@ class Relay:
         self._sessionmaker = sessionmaker
         self._batch_size = batch_size
         self._sweep_interval_s = sweep_interval_s
+        # Plain rows, not ORM objects: the relay only reads them. Built once, like `_MARK`.
+        self._claim = (
+            select(_OUTBOX)
+            .where(_OUTBOX.c.published_at.is_(None))
+            .order_by(_OUTBOX.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
         self._wakeup = asyncio.Event()
         self._exchange: AbstractExchange | None = None
 
@@ -98,25 +136,13 @@ class Relay:
         """Publish one batch of unpublished rows; returns how many were confirmed and marked."""
         assert self._exchange is not None, "run() sets the exchange"
         async with self._sessionmaker() as session, session.begin():
-            rows = (
-                await session.scalars(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.published_at.is_(None))
-                    .order_by(OutboxMessage.id)
-                    .limit(self._batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = (await session.execute(self._claim)).all()
             if not rows:
                 return 0
             confirmed = await self._publish(rows)
             crash_point("relay.after_publish")
             if confirmed:
-                await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([row.id for row in confirmed]))
-                    .values(published_at=func.clock_timestamp())
-                )
+                await session.execute(_MARK, {"ids": [row.id for row in confirmed]})
         metrics.PUBLISHED.inc(len(confirmed))
         for row in confirmed:
             metrics.OUTBOX_DWELL.observe(_age_seconds(row))
@@ -126,7 +152,7 @@ class Relay:
             )
         return len(confirmed)
 
-    async def _publish(self, rows: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    async def _publish(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
         exchange = self._exchange
         assert exchange is not None
         results = await asyncio.gather(
@@ -139,7 +165,13 @@ class Relay:
                 metrics.UNROUTED.labels(row.event_type).inc()  # nobody subscribed: that is fine
                 confirmed.append(row)
             elif isinstance(result, BaseException):
-                log.warning("relay: %s %s not published: %r", row.event_type, row.event_id, result)
+                log.warning(
+                    "relay: %s %s not published: %r",
+                    row.event_type,
+                    row.event_id,
+                    result,
+                    extra={"order_id": str(row.order_id)},
+                )
             else:
                 confirmed.append(row)
         return confirmed
@@ -173,5 +205,5 @@ async def purge_expired(
     return total
 
 
-def _age_seconds(row: OutboxMessage) -> float:
+def _age_seconds(row: OutboxRow) -> float:
     return max(0.0, (datetime.now(UTC) - row.created_at).total_seconds())

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
 from contracts import event_name
 from outbox import metrics
 from outbox.consumer import Consumer
-from outbox.manifest import Manifest
+from outbox.manifest import Manifest, dead_letter_queue
 from outbox.relay import Relay, purge_expired
 from outbox.settings import ServiceSettings
 from outbox.tables import OutboxMessage
@@ -59,7 +59,10 @@ class Messaging:
             broadcasts=frozenset(event_name(event) for event in manifest.broadcasts),
         )
         self.consumer = Consumer(
-            manifest, self.sessionmaker, max_attempts=settings.handler_max_attempts
+            manifest,
+            self.sessionmaker,
+            max_attempts=settings.handler_max_attempts,
+            concurrency=settings.db_pool_size,
         )
         self.connection: AbstractRobustConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -157,3 +160,18 @@ class Messaging:
         metrics.OUTBOX_BACKLOG.set(count)
         metrics.OUTBOX_OLDEST_AGE.set(float(oldest))
         return int(count), float(oldest)
+
+    async def dead_letter_depths(self) -> dict[str, int]:
+        """How many messages wait in each of this service's dead-letter queues, as the broker
+        counts them now (passive declares on a short-lived channel of their own: a missing queue
+        closes that channel, never the consumer's)."""
+        if self.connection is None or self.connection.is_closed:
+            return {}
+        depths: dict[str, int] = {}
+        async with self.connection.channel() as channel:
+            for event in self.manifest.consumes:
+                name = dead_letter_queue(self.manifest.queue_for(event))
+                queue = await channel.declare_queue(name, passive=True)
+                depths[name] = queue.declaration_result.message_count or 0
+                metrics.DEAD_LETTER_DEPTH.labels(name).set(depths[name])
+        return depths

@@ -7,7 +7,9 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -18,6 +20,8 @@ from outbox.tables import OutboxMessage
 _WAKE = "outbox.wake"
 _EMITS = "outbox.emits"
 _STAGED = "outbox.staged"
+_ROWS = "outbox.rows"
+_OUTBOX = cast(Table, OutboxMessage.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,14 @@ class OutboxSession(Session):
     """Session class whose commits wake the relay when they carried outbox rows."""
 
 
+@sa_event.listens_for(OutboxSession, "before_commit")
+def _insert_staged(session: Session) -> None:
+    """The transaction's staged events, as outbox rows: one multi-row INSERT, no ORM objects."""
+    rows = session.info.pop(_ROWS, None)
+    if rows:
+        session.execute(insert(_OUTBOX), rows)
+
+
 @sa_event.listens_for(OutboxSession, "after_commit")
 def _wake_relay(session: Session) -> None:
     if session.info.pop(_STAGED, False):
@@ -49,6 +61,7 @@ def _wake_relay(session: Session) -> None:
 @sa_event.listens_for(OutboxSession, "after_rollback")
 def _forget_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
+    session.info.pop(_ROWS, None)
 
 
 def session_info(wake: Callable[[], None], emits: tuple[type[Event], ...]) -> dict[str, object]:
@@ -66,15 +79,15 @@ def add(session: AsyncSession, event: Event) -> None:
     if emits is not None and type(event) not in emits:
         raise ValueError(f"{event_name(event)} is not in this service's EMITS")
     cause = current_cause.get()
-    session.add(
-        OutboxMessage(
-            event_id=event.event_id,
-            event_type=event_name(event),
-            order_id=event.order_id,
-            payload=encode(event),
-            causation_id=cause.message_id if cause else None,
-            traceparent=child_traceparent(cause.traceparent if cause else None),
-        )
+    session.info.setdefault(_ROWS, []).append(
+        {
+            "event_id": event.event_id,
+            "event_type": event_name(event),
+            "order_id": event.order_id,
+            "payload": encode(event),
+            "causation_id": cause.message_id if cause else None,
+            "traceparent": child_traceparent(cause.traceparent if cause else None),
+        }
     )
     session.info[_STAGED] = True
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
+
+from tests.support.broker import Vhost
+from tests.support.databases import create_database, drop_database
+from tests.support.servers import Servers
+from tests.support.wait import eventually_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
@@ -139,6 +147,18 @@ class System:
         for service in self.services.values():
             service.stop()
 
+    def add_replica(self, name: str) -> ServiceProcess:
+        """One more process of service `name` on a port of its own: the same database and vhost
+        (competing consumers on its queues, relays sharing its outbox). Not started; `stop()`
+        stops it with the others. It is `self["<name>#2"]`, `#3`, …"""
+        first = self.services[name]
+        key = f"{name}#{sum(s.name == name for s in self.services.values()) + 1}"
+        port = free_port()
+        self.services[key] = ServiceProcess(
+            name, port, {**first.env, "PORT": str(port)}, first.log_path.with_name(f"{key}.log")
+        )
+        return self.services[key]
+
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
 
@@ -157,3 +177,40 @@ class System:
     @property
     def notification(self) -> str:
         return self.services["notification_service"].url
+
+
+@contextlib.contextmanager
+def running_system(
+    servers: Servers,
+    log_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    per_service_env: dict[str, dict[str, str]] | None = None,
+    vhost: Vhost | None = None,
+) -> Iterator[System]:
+    """The four services started on fresh databases (`.databases`) and a vhost (`.vhost`; a fresh
+    one unless given), stopped and cleaned up after. For tests that need their own settings."""
+    own_vhost = vhost is None
+    vhost = vhost or Vhost.create(servers)
+    databases = {name: create_database(servers.postgres_admin_url, name) for name in SERVICES}
+    system = System.create(databases, vhost.amqp_url, log_dir, extra_env, per_service_env)
+    system.vhost = vhost  # type: ignore[attr-defined]
+    system.databases = databases  # type: ignore[attr-defined]
+    try:
+        system.start()
+        yield system
+    finally:
+        system.stop()
+        if own_vhost:
+            vhost.delete()
+        for url in databases.values():
+            # Patiently: on a busy shared server, a connection slot may take a while to free up.
+            eventually_sync(lambda url=url: _dropped(servers, url), timeout=120, interval=1.0)
+
+
+def _dropped(servers: Servers, database_url: str) -> bool:
+    try:
+        drop_database(servers.postgres_admin_url, database_url)
+    except psycopg.OperationalError:
+        return False
+    return True
