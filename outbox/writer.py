@@ -39,7 +39,7 @@ current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
 
 
 class OutboxSession(Session):
-    """Session class whose commits wake the relay when they carried outbox rows."""
+    """Session class whose commits write the staged events as outbox rows, then wake the relay."""
 
 
 @sa_event.listens_for(OutboxSession, "before_commit")
@@ -72,8 +72,10 @@ def session_info(wake: Callable[[], None], emits: tuple[type[Event], ...]) -> di
 def add(session: AsyncSession, event: Event) -> None:
     """Stage `event` in the session's transaction; it is published only if that transaction commits.
 
-    The outgoing message inherits the trace of the message being handled, if any, and records it as
-    its cause. Staging an event the service does not declare in its manifest is a bug.
+    Its outbox row is inserted as the transaction commits, with every other event it staged, in one
+    statement: cheaper than an ORM object per event (see README, Performance). The outgoing message
+    inherits the trace of the message being handled, if any, and records it as its cause. Staging
+    an event the service does not declare in its manifest is a bug.
     """
     emits = session.info.get(_EMITS)
     if emits is not None and type(event) not in emits:
