@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import outbox
@@ -120,11 +120,8 @@ def _refuse(
 
 
 async def _locked(session: AsyncSession, order_id: uuid.UUID) -> Reservation | None:
-    """The order's reservation, if any, locked. The order is locked even when it has no row yet
-    (a transaction-scoped advisory lock), so that its first two events, OrderCreated racing
-    OrderCancelled, take turns rather than both inserting a reservation."""
-    key = func.hashtextextended(f"inventory_service.reservation:{order_id}", 0)
-    await session.execute(select(func.pg_advisory_xact_lock(key)))
+    """The order's reservation, if any, locked; the order is locked even when it has no row yet."""
+    await outbox.lock_order(session, order_id)
     return await session.get(Reservation, order_id, with_for_update=True)
 
 

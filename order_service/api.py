@@ -14,8 +14,6 @@ from litestar.params import Parameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-import outbox
-from contracts import Item, OrderCreated
 from order_service import handlers
 from order_service.models import Order
 from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
@@ -82,19 +80,11 @@ class OrderController(Controller):
             previous = await replay(session, "orders", idempotency_key, body_hash)
             if previous is not None:
                 return previous
-        order = Order.place(
-            data.customer_id,
-            [{"sku": line.sku, "quantity": line.quantity} for line in data.items],
-            state.settings.order_timeout_s,
-        )
-        session.add(order)
-        outbox.add(
+        order, _ = handlers.place_order(
             session,
-            OrderCreated(
-                order_id=order.order_id,
-                customer_id=order.customer_id,
-                items=tuple(Item(sku=line.sku, quantity=line.quantity) for line in data.items),
-            ),
+            data.customer_id,
+            [(line.sku, line.quantity) for line in data.items],
+            state.settings.order_timeout_s,
         )
         body = OrderOut.of(order)
         location = f"/orders/{order.order_id}"

@@ -1,4 +1,5 @@
-"""What order_service does when an event arrives, and when an order's deadline passes.
+"""What order_service does when an order is placed, when an event arrives, and when an order's
+deadline passes.
 
 Handlers change the order and stage what it emits in the session they are given; the consumer
 owns the transaction. An order is locked (`FOR UPDATE`) so that concurrent events for it take turns.
@@ -7,6 +8,7 @@ owns the transaction. An order is locked (`FOR UPDATE`) so that concurrent event
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -14,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import outbox
 from contracts import (
+    Item,
     OrderCancelled,
     OrderCompleted,
+    OrderCreated,
     PaymentFailed,
     PaymentSucceeded,
     StockCommitted,
@@ -24,6 +28,21 @@ from contracts import (
 )
 from order_service.models import Order, Status
 from outbox import PoisonMessage
+
+
+def place_order(
+    session: AsyncSession, customer_id: str, lines: Sequence[tuple[str, int]], timeout_s: float
+) -> tuple[Order, OrderCreated]:
+    """A new pending order and its OrderCreated, in the caller's transaction (`POST /orders`)."""
+    order = Order.place(customer_id, [{"sku": s, "quantity": q} for s, q in lines], timeout_s)
+    session.add(order)
+    created = OrderCreated(
+        order_id=order.order_id,
+        customer_id=customer_id,
+        items=tuple(Item(sku=s, quantity=q) for s, q in lines),
+    )
+    outbox.add(session, created)
+    return order, created
 
 
 async def mark_reserved(session: AsyncSession, event: StockReserved) -> None:

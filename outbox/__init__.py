@@ -5,6 +5,7 @@ that changes its state; everything else is wired by `Messaging` from the service
 """
 
 from outbox.consumer import PoisonMessage
+from outbox.locks import lock_order
 from outbox.manifest import Handler, Manifest
 from outbox.runtime import Messaging
 from outbox.settings import ServiceSettings, local_database_url
@@ -18,4 +19,5 @@ __all__ = [
     "ServiceSettings",
     "add",
     "local_database_url",
+    "lock_order",
 ]

@@ -13,6 +13,7 @@ POINTS = (
     "relay.after_publish",  # broker confirmed, rows not yet marked published
     "consumer.after_commit",  # handler's transaction committed, message not yet acked
     "consumer.before_commit",  # handler ran, its transaction not yet committed
+    "http.after_commit",  # a request's transaction committed, its response not yet sent
 )
 
 _armed_in_process: set[str] = set()

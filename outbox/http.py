@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from outbox import migrations
+from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.settings import ServiceSettings
 from outbox.tables import IdempotencyKey
@@ -42,6 +43,7 @@ async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None
                 yield session
         except IntegrityError as exc:
             raise ClientException(status_code=409, detail="conflicts with existing data") from exc
+        crash_point("http.after_commit")
 
 
 class Health(msgspec.Struct, omit_defaults=True):

@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol, cast
+from typing import Any, cast
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, FieldValue
 from aio_pika.exceptions import PublishError
-from sqlalchemy import ARRAY, BigInteger, Table, any_, bindparam, func, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Row,
+    Table,
+    any_,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import SCHEMA_VERSION
@@ -31,25 +41,8 @@ _MARK = (
 )
 
 
-class OutboxRow(Protocol):
-    """What the relay reads of an outbox row: a plain row of the table, or an `OutboxMessage`."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def event_id(self) -> uuid.UUID: ...
-    @property
-    def event_type(self) -> str: ...
-    @property
-    def order_id(self) -> uuid.UUID: ...
-    @property
-    def payload(self) -> bytes: ...
-    @property
-    def causation_id(self) -> uuid.UUID | None: ...
-    @property
-    def traceparent(self) -> str: ...
-    @property
-    def created_at(self) -> datetime: ...
+#: An outbox row as the relay reads it: a plain row of the table (or an `OutboxMessage`).
+OutboxRow = Row[Any] | OutboxMessage
 
 
 def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
@@ -79,7 +72,8 @@ class Relay:
     Several replicas may relay one database: rows are claimed with `FOR UPDATE SKIP LOCKED`.
     A crash after publishing but before the mark commits leaves the rows unpublished, so they are
     published again with the same message ids; consumers' inboxes make that harmless. A returned
-    (unroutable) or nacked message is a failure: its row stays and is retried.
+    (unroutable) or nacked message is a failure: its row stays and is retried — except a returned
+    broadcast (an event no service of ours needs), which counts as published.
     """
 
     def __init__(

@@ -4,9 +4,8 @@ Handlers change payments and accounts and stage what they emit in the session th
 consumer owns the transaction. The order's payment row is locked first (`FOR UPDATE`), then the
 account, so that events for one order take turns and a balance is never read stale.
 
-When the first two events for an order race (StockReserved and OrderCancelled, neither finding a
-payment row), both insert one: the loser fails on the primary key, and the consumer's retry finds
-the winner's row and acts on it.
+The order is locked even before it has a payment row (`outbox.lock_order`), so that its first two
+events, StockReserved racing OrderCancelled, take turns rather than both inserting one.
 """
 
 from __future__ import annotations
@@ -95,4 +94,6 @@ def _refuse(session: AsyncSession, event: StockReserved, reason: str) -> None:
 
 
 async def _locked_payment(session: AsyncSession, order_id: uuid.UUID) -> Payment | None:
+    """The order's payment, if any, locked; the order is locked even when it has no row yet."""
+    await outbox.lock_order(session, order_id)
     return await session.get(Payment, order_id, with_for_update=True)

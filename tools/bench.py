@@ -66,6 +66,7 @@ from tools.bench_world import (
     seed,
 )
 from tools.check import check
+from tools.postgres import libpq
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / ".run" / "bench"
@@ -342,9 +343,8 @@ async def outbox_dwell(world: World, phase: Phase) -> dict[str, Any]:
     result: dict[str, Any] = {}
     everything: list[float] = []
     for service in SERVICES:
-        dsn = make_url(world.databases[service]).set(drivername="postgresql")
         async with await psycopg.AsyncConnection.connect(
-            dsn.render_as_string(hide_password=False)
+            libpq(world.databases[service])
         ) as connection:
             rows = await (
                 await connection.execute(
@@ -373,8 +373,7 @@ def hops(world: World, phase: Phase, most: int = 2000) -> dict[str, dict[str, fl
 def database_sessions(world: World) -> dict[str, int]:
     """Sessions each service's database has seen so far (pg_stat_database): connection churn."""
     names = {make_url(url).database: service for service, url in world.databases.items()}
-    dsn = make_url(world.servers.postgres_admin_url).set(drivername="postgresql")
-    with psycopg.connect(dsn.render_as_string(hide_password=False)) as connection:
+    with psycopg.connect(libpq(world.servers.postgres_admin_url)) as connection:
         rows = connection.execute(
             "SELECT datname, sessions FROM pg_stat_database WHERE datname = ANY(%s)", [list(names)]
         ).fetchall()

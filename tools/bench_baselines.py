@@ -26,7 +26,6 @@ import psycopg
 import rich.progress
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from sqlalchemy import func, insert, select
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import Item, OrderCreated, encode, event_name
@@ -35,6 +34,7 @@ from outbox.relay import Relay, to_message
 from outbox.tables import OutboxMessage
 from outbox.writer import child_traceparent
 from tools.bench_world import CpuMeter, World
+from tools.postgres import libpq
 
 EXCHANGE = "bench.baseline"
 ROUTING_KEY = "OrderCreated"
@@ -142,7 +142,7 @@ async def insert_and_commit(
 ) -> tuple[float, int]:
     """Single-row insert-and-commit transactions per second over `connections` connections, and
     how many there were."""
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    dsn = libpq(database_url)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
         await admin.execute(
             "CREATE TABLE IF NOT EXISTS bench_commit"

@@ -21,7 +21,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
+
+from tools.postgres import libpq
 
 HOPS = (
     "POST sent → OrderCreated staged",
@@ -38,8 +39,7 @@ HOPS = (
 
 
 def _rows(url: str, query: str, ids: list[str]) -> list[tuple[Any, ...]]:
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(dsn) as connection:
+    with psycopg.connect(libpq(url)) as connection:
         return connection.execute(query, [ids]).fetchall()
 
 

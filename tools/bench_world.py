@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
-from sqlalchemy.engine import make_url
 
 from tests.support.broker import Vhost
 from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers, provide_servers
 from tests.support.system import SERVICES, System
 from tools.client import Urls
+from tools.postgres import libpq
 
 
 @dataclass
@@ -41,8 +41,7 @@ class World:
 
     @property
     def urls(self) -> Urls:
-        s = self.system
-        return Urls(s.order, s.inventory, s.payment, s.notification)
+        return self.system.urls
 
     def database(self, name: str) -> str:
         """A further fresh database (baselines, relay drain), dropped with the world."""
@@ -203,11 +202,12 @@ def describe_machine(servers: Servers) -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     postgres = ""
-    with contextlib.suppress(Exception):
-        dsn = make_url(servers.postgres_admin_url).set(drivername="postgresql")
-        with psycopg.connect(dsn.render_as_string(hide_password=False)) as connection:
-            row = connection.execute("SHOW server_version").fetchone()
-            postgres = row[0] if row else ""
+    with (
+        contextlib.suppress(Exception),
+        psycopg.connect(libpq(servers.postgres_admin_url)) as connection,
+    ):
+        row = connection.execute("SHOW server_version").fetchone()
+        postgres = row[0] if row else ""
     rabbitmq = ""
     with contextlib.suppress(Exception):
         overview = httpx.get(f"{servers.rabbitmq_api.rstrip('/')}/api/overview", timeout=5).json()

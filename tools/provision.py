@@ -40,6 +40,7 @@ from outbox import Manifest
 from outbox.manifest import dead_letter_queue
 from outbox.topology import EXCHANGE, dead_letter_exchange
 from payment_service.messaging import MANIFEST as PAYMENT
+from tools.postgres import libpq
 
 MANIFESTS: dict[str, Manifest] = {m.service: m for m in (ORDER, INVENTORY, PAYMENT, NOTIFICATION)}
 
@@ -183,14 +184,6 @@ def delete_broker_user(api: str, user: str) -> None:
 # --- PostgreSQL ------------------------------------------------------------------------------
 
 
-def _libpq(url: str, database: str | None = None) -> str:
-    """A SQLAlchemy or libpq URL as a libpq connection string, optionally for another database."""
-    parsed = make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 # ALTER … OWNER for each kind of relation; tables before sequences, which follow their table.
 _OWNED_RELATIONS = {
     "r": "TABLE",
@@ -206,7 +199,7 @@ def provision_database(admin_dsn: str, database: str, role: str, secret: str) ->
 
     A database created earlier by the superuser (an older `make up`) is handed over, tables and
     all; CONNECT is revoked from PUBLIC, so only its owner (and superusers) can connect."""
-    with psycopg.connect(_libpq(admin_dsn), autocommit=True) as conn:
+    with psycopg.connect(libpq(admin_dsn), autocommit=True) as conn:
         role_id, db_id = sql.Identifier(role), sql.Identifier(database)
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
         conn.execute(
@@ -220,7 +213,7 @@ def provision_database(admin_dsn: str, database: str, role: str, secret: str) ->
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(db_id, role_id))
             print(f"created database {database}")
         conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db_id))
-    with psycopg.connect(_libpq(admin_dsn, database), autocommit=True) as conn:
+    with psycopg.connect(libpq(admin_dsn, database), autocommit=True) as conn:
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(role_id))
         for kind, keyword in _OWNED_RELATIONS.items():
             names = conn.execute(
@@ -239,7 +232,7 @@ def provision_database(admin_dsn: str, database: str, role: str, secret: str) ->
 
 def drop_role(admin_dsn: str, role: str) -> None:
     """Drop `role`, which must own no database any more."""
-    with psycopg.connect(_libpq(admin_dsn), autocommit=True) as conn:
+    with psycopg.connect(libpq(admin_dsn), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 
 from tools.provision import provision, service_env
 
@@ -35,17 +34,6 @@ SERVICES = {
     "payment_service": 8002,
     "notification_service": 8003,
 }
-
-ADMIN_DSN = os.environ.get("POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def create_databases(names: list[str], admin_dsn: str = ADMIN_DSN) -> None:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-        for name in names:
-            if name not in existing:
-                conn.execute(f'CREATE DATABASE "{name}"')
-                print(f"created database {name}")
 
 
 def pid_of(service: str) -> int | None:

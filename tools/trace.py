@@ -20,7 +20,6 @@ import psycopg
 from rich import box
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
 
 from contracts import event_name
 from inventory_service.messaging import MANIFEST as INVENTORY
@@ -28,6 +27,7 @@ from notification_service.messaging import MANIFEST as NOTIFICATION
 from order_service.messaging import MANIFEST as ORDER
 from outbox import Manifest, local_database_url
 from payment_service.messaging import MANIFEST as PAYMENT
+from tools.postgres import libpq
 
 MANIFESTS: tuple[Manifest, ...] = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 SERVICES = tuple(manifest.service for manifest in MANIFESTS)
@@ -124,11 +124,6 @@ class Timeline:
         return [hop.event_type for hop in self.hops]
 
 
-def _conninfo(url: str) -> str:
-    """A libpq connection string from a SQLAlchemy URL (`postgresql+psycopg://…`)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def read_timeline(order_id: uuid.UUID | str, urls: Mapping[str, str] | None = None) -> Timeline:
     """Read one order's saga from every service's outbox and inbox."""
     order_id = uuid.UUID(str(order_id))
@@ -138,7 +133,7 @@ def read_timeline(order_id: uuid.UUID | str, urls: Mapping[str, str] | None = No
     unreachable = []
     for service, url in urls.items():
         try:
-            with psycopg.connect(_conninfo(url), connect_timeout=5) as conn:
+            with psycopg.connect(libpq(url), connect_timeout=5) as conn:
                 for event_type, event_id, causation_id, created_at, published_at in conn.execute(
                     "SELECT event_type, event_id, causation_id, created_at, published_at"
                     " FROM outbox WHERE order_id = %s",

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from contracts import OrderCompleted, encode
 from tests.support.wait import eventually_sync
 from tools.check import Report, check, snapshot
-from tools.client import Shop, Urls, unique
+from tools.client import Shop, unique
 
 pytestmark = pytest.mark.e2e
 
@@ -19,12 +19,8 @@ pytestmark = pytest.mark.e2e
 SETTLE_S = 60.0
 
 
-def urls_of(system) -> Urls:
-    return Urls(system.order, system.inventory, system.payment, system.notification)
-
-
 def checked(system, **options) -> Report:
-    return check(urls_of(system), system.vhost.api, system.vhost.name, **options)
+    return check(system.urls, system.vhost.api, system.vhost.name, **options)
 
 
 @contextlib.contextmanager
@@ -41,7 +37,7 @@ def database_of(system, service):
 def history(system):
     """A mix of orders, all ended: completed, out of stock, unknown product, short of money, no
     account, cancelled after completion. Returns the stock baseline taken before them."""
-    with Shop(urls_of(system)) as shop:
+    with Shop(system.urls) as shop:
         book, lamp = unique("book"), unique("lamp")
         shop.stock(book, on_hand=10, price_cents=1500)
         shop.stock(lamp, on_hand=2, price_cents=4000)
@@ -49,7 +45,7 @@ def history(system):
         shop.open_account(rich, balance_cents=20_000)
         shop.open_account(poor, balance_cents=1000)
         shop.deposit(poor, 500)
-        baseline = snapshot(urls_of(system))
+        baseline = snapshot(system.urls)
 
         orders = [
             (rich, [(book, 2)]),

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support.wait import eventually_sync
 from tools.check import Report, check
-from tools.client import Urls, unique
+from tools.client import unique
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def settled_payment(shop, order_id):
 
 def checked(system) -> Report:
     """The invariant checker over this module's system, once it has come to rest."""
-    urls = Urls(system.order, system.inventory, system.payment, system.notification)
+    urls = system.urls
     report = check(urls, system.vhost.api, system.vhost.name, wait=SETTLE_S)
     assert report.ok, report.violations
     return report

@@ -7,26 +7,28 @@ effect happens exactly once.
   again, and the inbox turns it into a no-op.
 - consumer.before_commit: the handler ran, its transaction did not commit: delivered again, and
   handled as if for the first time.
+- http.after_commit: `POST /orders` committed the order and its OrderCreated, the client got no
+  answer: it retries with its Idempotency-Key and gets the same order, placed once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.system import System, running_system
+from tests.support.system import System
 from tests.support.wait import eventually_sync
 from tools.check import check
-from tools.client import Shop, Urls, unique
+from tools.client import unique
 
 pytestmark = pytest.mark.e2e
 
 CRASH_EXIT_CODE = 70
 SETTLE_S = 60.0
+#: A deadline far away: the order must complete however long the crashed service is down.
+ORDER_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -66,38 +68,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def system(servers, tmp_path_factory) -> Iterator[System]:
-    # A deadline far away: the order must complete however long the crashed service is down.
-    with running_system(
-        servers,
-        tmp_path_factory.mktemp("logs"),
-        extra_env={"ORDER_TIMEOUT_S": "600", "DB_POOL_SIZE": "5"},
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def shop(system) -> Iterator[Shop]:
-    with Shop(urls_of(system), timeout=30) as client:
-        yield client
-
-
-def urls_of(system: System) -> Urls:
-    return Urls(system.order, system.inventory, system.payment, system.notification)
-
-
 def handled(system: System, service: str, event: str, outcome: str) -> float:
     """The service's `saga_messages_handled_total{event, outcome}` (its process's count so far)."""
-    text = httpx.get(f"{system[service].url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "saga_messages_handled_total" and sample.labels == {
-                "event": event,
-                "outcome": outcome,
-            }:
-                return sample.value
-    return 0.0
+    return system[service].metric("saga_messages_handled_total", event=event, outcome=outcome)
 
 
 def restart(system: System, service: str, crash_at: str | None) -> None:
@@ -129,7 +102,7 @@ def test_a_service_that_dies_at_a_crash_point_recovers_with_exactly_one_effect(s
     order = shop.wait_until_terminal(placed["order_id"], timeout=SETTLE_S)
     assert (order["status"], order["total_cents"]) == ("completed", 1400)
     eventually_sync(lambda: handled(system, seen_by, event, outcome) >= seen_before + 1, SETTLE_S)
-    report = check(urls_of(system), system.vhost.api, system.vhost.name, wait=SETTLE_S)
+    report = check(system.urls, system.vhost.api, system.vhost.name, wait=SETTLE_S)
     assert report.ok, report.violations
     assert shop.balance(customer) == 5000 - 1400
     payment = shop.payment(order["order_id"])
@@ -140,3 +113,27 @@ def test_a_service_that_dies_at_a_crash_point_recovers_with_exactly_one_effect(s
     assert [n["event"] for n in shop.notifications(order_id=order["order_id"])] == [
         "OrderCompleted"
     ]
+
+
+def test_an_order_whose_service_dies_before_answering_is_placed_once_when_the_client_retries(
+    system, shop
+):
+    sku, customer, key = unique("crash"), unique("jo"), unique("key")
+    shop.stock(sku, on_hand=10, price_cents=700)
+    shop.open_account(customer, balance_cents=5000)
+    restart(system, "order_service", crash_at="http.after_commit")
+
+    with pytest.raises(httpx.TransportError):
+        shop.place_raw(customer, [(sku, 1)], key=key)
+
+    process = system["order_service"]
+    eventually_sync(lambda: process.proc.poll() is not None, SETTLE_S)
+    assert process.proc.returncode == CRASH_EXIT_CODE, process.log_tail()
+    restart(system, "order_service", crash_at=None)
+    retried = shop.place_raw(customer, [(sku, 1)], key=key)
+    assert retried.status_code == 201, retried.text
+    order = shop.wait_until_terminal(retried.json()["order_id"], timeout=SETTLE_S)
+    assert (order["status"], order["total_cents"]) == ("completed", 700)
+    assert [o["order_id"] for o in shop.orders(customer_id=customer)] == [order["order_id"]]
+    assert shop.balance(customer) == 5000 - 700
+    assert shop.product(sku)["on_hand"] == 9

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,12 +16,13 @@ import msgspec
 import pytest
 
 from outbox.settings import ServiceSettings
-from tests.support.system import System, running_system
-from tools.client import Shop, Urls, unique
+from tools.client import unique
 
 pytestmark = pytest.mark.e2e
 
 #: Test cases per API operation and phase; enough to find the classic 5xx, small enough for CI.
+#: A deadline far away: on a busy machine an order may take more than the e2e default.
+ORDER_TIMEOUT_S = 300.0
 SCHEMATHESIS_EXAMPLES = 20
 
 #: `GET /health/ready` answers 503 when the database or broker does not answer within the timeout
@@ -250,23 +250,6 @@ BAD_REQUESTS = {
         404,
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def system(servers, tmp_path_factory) -> Iterator[System]:
-    # A deadline far away: on a busy machine an order may take more than the e2e default.
-    with running_system(
-        servers,
-        tmp_path_factory.mktemp("logs"),
-        extra_env={"ORDER_TIMEOUT_S": "300", "DB_POOL_SIZE": "5"},
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def shop(system) -> Iterator[Shop]:
-    with Shop(Urls(system.order, system.inventory, system.payment, system.notification)) as client:
-        yield client
 
 
 def url_of(system, service: str) -> str:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import SCHEMA_VERSION, Item, OrderCancelled, OrderCreated, StockReserved, encode
 from inventory_service.messaging import MANIFEST as INVENTORY
@@ -21,13 +19,15 @@ from notification_service.messaging import MANIFEST as NOTIFICATION
 from order_service.messaging import MANIFEST as ORDER
 from outbox.manifest import dead_letter_queue
 from payment_service.messaging import MANIFEST as PAYMENT
-from tests.support.system import System, running_system
+from tests.support.system import System
 from tests.support.wait import eventually_sync
-from tools.client import Shop, Urls, unique
+from tools.client import unique
 
 pytestmark = pytest.mark.e2e
 
 SETTLE_S = 60.0
+#: A deadline far away: orders must complete however slow a busy machine is.
+ORDER_TIMEOUT_S = 300.0
 HUGE_BYTES = 1024 * 1024  # four times what a consumer accepts
 MANIFESTS = {m.service: m for m in (ORDER, INVENTORY, PAYMENT, NOTIFICATION)}
 
@@ -117,22 +117,6 @@ def poisons() -> dict[str, tuple[str, bytes, dict, list[str], str]]:
     }
 
 
-@pytest.fixture(scope="module")
-def system(servers, tmp_path_factory) -> Iterator[System]:
-    with running_system(
-        servers,
-        tmp_path_factory.mktemp("logs"),
-        extra_env={"ORDER_TIMEOUT_S": "300", "DB_POOL_SIZE": "5"},
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def shop(system) -> Iterator[Shop]:
-    with Shop(Urls(system.order, system.inventory, system.payment, system.notification)) as client:
-        yield client
-
-
 def publish(system: System, routing_key: str, body: bytes, properties: dict) -> str:
     """Publish to the `events` exchange through the management API; returns the message id."""
     message_id = str(uuid.uuid4())
@@ -161,13 +145,7 @@ def publish(system: System, routing_key: str, body: bytes, properties: dict) -> 
 
 def counted(system: System, service: str, outcome: str) -> float:
     """All of the service's `saga_messages_handled_total` samples with this outcome."""
-    text = httpx.get(f"{system[service].url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "saga_messages_handled_total" and sample.labels["outcome"] == outcome
-    )
+    return system[service].metric("saga_messages_handled_total", outcome=outcome)
 
 
 def dead_letters(system: System, service: str) -> dict[str, dict]:

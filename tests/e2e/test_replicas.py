@@ -4,15 +4,13 @@ database per service. Both replicas take part, and every guarantee holds."""
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.load import Load
 from tests.support.system import System, running_system
 from tests.support.wait import eventually_sync
 from tools.check import check
-from tools.client import Shop, Urls
+from tools.client import Shop
 
 pytestmark = pytest.mark.e2e
 
@@ -30,21 +28,6 @@ def replicated(servers, tmp_path_factory) -> Iterator[System]:
         yield system
 
 
-def urls_of(system: System) -> Urls:
-    return Urls(system.order, system.inventory, system.payment, system.notification)
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    """The sum of a process's samples of `name` whose labels include `labels`."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
-
-
 def all_ended(load: Load, shop: Shop) -> bool:
     return all(o["status"] in ("completed", "cancelled") for o in load.orders(shop))
 
@@ -52,7 +35,7 @@ def all_ended(load: Load, shop: Shop) -> bool:
 def test_two_replicas_of_inventory_and_payment_share_the_work_and_every_guarantee_holds(
     replicated: System,
 ) -> None:
-    urls = urls_of(replicated)
+    urls = replicated.urls
     load = Load(urls, rate=25, workers=5, cancel_share=0.1, seed=42)
     load.prepare()
     load.start()
@@ -70,14 +53,14 @@ def test_two_replicas_of_inventory_and_payment_share_the_work_and_every_guarante
 
     for name in REPLICATED:
         for process in (replicated[name], replicated[f"{name}#2"]):
-            assert metric(process.url, "saga_messages_handled_total", outcome="handled") > 0, (
+            assert process.metric("saga_messages_handled_total", outcome="handled") > 0, (
                 f"{name} on {process.url} handled nothing"
             )
-            assert metric(process.url, "saga_outbox_published_total") > 0, (
+            assert process.metric("saga_outbox_published_total") > 0, (
                 f"{name} on {process.url} published nothing"
             )
     reserved_by = [
-        metric(p.url, "saga_messages_handled_total", event="OrderCreated", outcome="handled")
+        p.metric("saga_messages_handled_total", event="OrderCreated", outcome="handled")
         for p in (replicated["inventory_service"], replicated["inventory_service#2"])
     ]
     placed = sum(1 for order in load.placed if order.order_id)
@@ -87,7 +70,7 @@ def test_two_replicas_of_inventory_and_payment_share_the_work_and_every_guarante
 def test_when_one_replica_of_each_is_killed_mid_load_the_other_finishes_every_saga(
     replicated: System,
 ) -> None:
-    urls = urls_of(replicated)
+    urls = replicated.urls
     load = Load(urls, rate=25, workers=5, cancel_share=0.1, seed=7)
     load.prepare()
     load.start()

@@ -27,8 +27,9 @@ from tests.support.faults import (
 )
 from tests.support.load import Load
 from tests.support.system import SERVICES, running_system
+from tests.support.wait import eventually_sync
 from tools.check import check, snapshot
-from tools.client import Shop, Urls
+from tools.client import Shop
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(480)]
 
@@ -58,7 +59,7 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
                 per_service_env={s: {"AMQP_URL": url} for s, url in users.amqp_urls.items()},
             ) as system,
         ):
-            urls = Urls(system.order, system.inventory, system.payment, system.notification)
+            urls = system.urls
             faults = Faults(system, vhost, users, servers.postgres_admin_url, rng)
             load = Load(urls, rate=RATE, seed=rng.randrange(1_000_000))
             load.prepare()
@@ -66,6 +67,8 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
 
             load.start()
             try:
+                # Faults strike a system at work: once the first orders have been answered.
+                eventually_sync(lambda: load.answers["POST /orders 201"] >= 20, timeout=60)
                 inject(faults, rng)
             finally:
                 load.stop()
@@ -110,7 +113,6 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
 
 def inject(faults: Faults, rng: random.Random) -> None:
     """Every local fault, in a row, while the load runs; then the global ones if enabled."""
-    time.sleep(5)
     for _ in range(2):  # each service killed at a random moment, twice
         for name in rng.sample(SERVICES, len(SERVICES)):
             time.sleep(rng.uniform(1.0, 4.0))

@@ -33,6 +33,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers
 from tests.support.services import migrate
 from tests.support.wait import eventually
+from tools.postgres import libpq
 from tools.provision import (
     MANIFESTS,
     amqp_url,
@@ -94,10 +95,6 @@ def provision(servers: Servers, vhost: Vhost) -> Iterator[Provision]:
         delete_broker_user(servers.rabbitmq_api, account.name)
         drop_database(servers.postgres_admin_url, account.database_url)
         drop_role(servers.postgres_admin_url, account.name)
-
-
-def _libpq(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
 
 
 async def _ignore(message: AbstractIncomingMessage) -> None:
@@ -193,10 +190,10 @@ def test_a_services_role_cannot_connect_to_another_services_database(
     payment = provision("payment_service")
     as_payment_in_orders = payment.database_url.rsplit("/", 1)[0] + f"/{order.database}"
 
-    with psycopg.connect(_libpq(order.database_url)) as connection:
+    with psycopg.connect(libpq(order.database_url)) as connection:
         assert connection.execute("SELECT current_user").fetchone() == (order.name,)
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
-        psycopg.connect(_libpq(as_payment_in_orders))
+        psycopg.connect(libpq(as_payment_in_orders))
 
 
 #: One event each service emits, staged through its outbox and published by its relay.
@@ -267,7 +264,7 @@ async def test_a_database_the_superuser_created_and_migrated_is_handed_over_to_t
     [published] = await tap.wait_for(1, timeout=30)
     assert published.message_id == str(created.event_id)
     await eventually(lambda: _all_published(order), timeout=30)
-    with psycopg.connect(_libpq(order.database_url)) as connection:
+    with psycopg.connect(libpq(order.database_url)) as connection:
         owners = connection.execute(
             "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
             " WHERE relnamespace = 'public'::regnamespace"
@@ -276,7 +273,7 @@ async def test_a_database_the_superuser_created_and_migrated_is_handed_over_to_t
 
 
 def _all_published(account: Account) -> bool:
-    with psycopg.connect(_libpq(account.database_url)) as connection:
+    with psycopg.connect(libpq(account.database_url)) as connection:
         row = connection.execute(
             "SELECT count(*) FROM outbox WHERE published_at IS NULL"
         ).fetchone()

@@ -27,12 +27,9 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import outbox
 from contracts import (
-    Item,
     OrderCancelled,
     OrderCompleted,
-    OrderCreated,
     PaymentFailed,
     PaymentRefunded,
     PaymentSucceeded,
@@ -262,16 +259,7 @@ async def set_up(services: dict[str, Service], scenario: Scenario) -> World:
                 session.add(account.deposit(balance))
     lines = [(skus[shelf], quantity) for shelf, quantity in scenario.lines]
     async with services[ORDER.service].sessionmaker.begin() as session:
-        order = Order.place(customer_id, [{"sku": s, "quantity": q} for s, q in lines], 30.0)
-        session.add(order)
-        outbox.add(
-            session,
-            OrderCreated(
-                order_id=order.order_id,
-                customer_id=customer_id,
-                items=tuple(Item(sku=s, quantity=q) for s, q in lines),
-            ),
-        )
+        order, _ = order_handlers.place_order(session, customer_id, lines, 30.0)
     return World(skus, customer_id, order.order_id)
 
 

@@ -11,22 +11,19 @@ from __future__ import annotations
 from collections import defaultdict
 
 import psycopg
-from sqlalchemy.engine import make_url
 
 from contracts import event_name
 from inventory_service.messaging import MANIFEST as INVENTORY
 from notification_service.messaging import MANIFEST as NOTIFICATION
 from order_service.messaging import MANIFEST as ORDER
 from payment_service.messaging import MANIFEST as PAYMENT
+from tools.postgres import libpq
 
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 
 
 def _rows(database_url: str, query: str) -> list[tuple]:
-    libpq = (
-        make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    with psycopg.connect(libpq) as connection:
+    with psycopg.connect(libpq(database_url)) as connection:
         return connection.execute(query).fetchall()
 
 

@@ -8,23 +8,20 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-
-def _libpq(url: str) -> str:
-    """A SQLAlchemy URL (`postgresql+psycopg://…`) as a libpq connection string."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+from tools.postgres import libpq
 
 
 def create_database(admin_url: str, name: str) -> str:
     """Create database `t_<hex>_<name>`; returns its SQLAlchemy URL (same server and role)."""
     database = f"t_{secrets.token_hex(4)}_{name}"[:63]
-    with psycopg.connect(_libpq(admin_url), autocommit=True) as connection:
+    with psycopg.connect(libpq(admin_url), autocommit=True) as connection:
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     return make_url(admin_url).set(database=database).render_as_string(hide_password=False)
 
 
 def drop_database(admin_url: str, url: str) -> None:
     database = make_url(url).database
-    with psycopg.connect(_libpq(admin_url), autocommit=True) as connection:
+    with psycopg.connect(libpq(admin_url), autocommit=True) as connection:
         connection.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
         )

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from tests.support.broker import Vhost
 from tests.support.system import System
 from tests.support.wait import eventually_sync
+from tools.postgres import libpq
 
 GLOBAL = os.environ.get("SAGA_FAULTS_GLOBAL") == "1"
 
@@ -135,8 +136,7 @@ def close_connections(vhost: Vhost, connections: list[dict], reason: str) -> int
 
 
 def _admin(admin_url: str) -> psycopg.Connection:
-    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    return psycopg.connect(libpq, autocommit=True)
+    return psycopg.connect(libpq(admin_url), autocommit=True)
 
 
 def terminate_sessions(admin_url: str, database_urls: list[str]) -> int:

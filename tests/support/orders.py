@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-import outbox
 from contracts import Item, OrderCreated, StockReserved
+from order_service import handlers
 from order_service.models import Order
 from outbox import Messaging
 
@@ -17,15 +17,7 @@ async def place_order(
 ) -> tuple[Order, OrderCreated]:
     """What `POST /orders` does: the order and its OrderCreated, committed together."""
     async with messaging.sessionmaker() as session, session.begin():
-        order = Order.place(customer_id, [{"sku": s, "quantity": q} for s, q in items], 300.0)
-        session.add(order)
-        created = OrderCreated(
-            order_id=order.order_id,
-            customer_id=customer_id,
-            items=tuple(Item(sku=s, quantity=q) for s, q in items),
-        )
-        outbox.add(session, created)
-    return order, created
+        return handlers.place_order(session, customer_id, items, 300.0)
 
 
 def stock_reserved(order: Order, unit_price_cents: int = 1250) -> StockReserved:

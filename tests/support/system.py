@@ -15,11 +15,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.broker import Vhost
 from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers
 from tests.support.wait import eventually_sync
+from tools.client import Urls
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
@@ -98,6 +100,16 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of this process's Prometheus samples `name` whose labels include `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -161,6 +173,10 @@ class System:
 
     def __getitem__(self, name: str) -> ServiceProcess:
         return self.services[name]
+
+    @property
+    def urls(self) -> Urls:
+        return Urls(self.order, self.inventory, self.payment, self.notification)
 
     @property
     def order(self) -> str:
