@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, cast
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar, cast
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, FieldValue
@@ -15,6 +18,7 @@ from aio_pika.exceptions import PublishError
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Interval,
     Row,
     Table,
     any_,
@@ -24,7 +28,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import SCHEMA_VERSION
 from outbox import metrics
@@ -34,15 +39,37 @@ from outbox.tables import OutboxMessage
 log = logging.getLogger(__name__)
 
 _OUTBOX = cast(Table, OutboxMessage.__table__)
-_MARK = (
+_IDS = bindparam("ids", type_=ARRAY(BigInteger))
+#: Marks rows that were handed over, published and confirmed (a sweep may have got there first).
+_MARK_HANDED = (
     update(_OUTBOX)
-    .where(_OUTBOX.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+    .where(
+        _OUTBOX.c.event_id == any_(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=True)))),
+        _OUTBOX.c.published_at.is_(None),
+    )
     .values(published_at=func.clock_timestamp())
 )
+#: Gives back what a sweep claimed but the broker did not confirm.
+_UNMARK = update(_OUTBOX).where(_OUTBOX.c.id == any_(_IDS)).values(published_at=None)
+#: Most handed-over rows waiting in memory; past that, the sweep publishes them from the table.
+_MAX_HANDED = 10_000
 
 
-#: An outbox row as the relay reads it: a plain row of the table (or an `OutboxMessage`).
-OutboxRow = Row[Any] | OutboxMessage
+class Staged(NamedTuple):
+    """An outbox row as the committing transaction wrote it, handed to the relay in memory."""
+
+    event_id: uuid.UUID
+    event_type: str
+    order_id: uuid.UUID
+    payload: bytes
+    causation_id: uuid.UUID | None
+    traceparent: str
+    created_at: datetime
+
+
+#: An outbox row as the relay publishes it: handed over, or a plain row of the table.
+OutboxRow = Staged | Row[Any] | OutboxMessage
+R = TypeVar("R", Staged, Row[Any], OutboxMessage)
 
 
 def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
@@ -67,13 +94,25 @@ def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
 
 
 class Relay:
-    """Moves outbox rows to the broker: claim, publish all, await every confirm, mark, commit.
+    """Moves outbox rows to the broker with publisher confirms, by two paths.
 
-    Several replicas may relay one database: rows are claimed with `FOR UPDATE SKIP LOCKED`.
-    A crash after publishing but before the mark commits leaves the rows unpublished, so they are
-    published again with the same message ids; consumers' inboxes make that harmless. A returned
-    (unroutable) or nacked message is a failure: its row stays and is retried — except a returned
-    broadcast (an event no service of ours needs), which counts as published.
+    - **Hand-over**, the fast path: a transaction that staged events hands its rows to the relay
+      right after it commits (`hand_over`). The relay publishes them from memory, awaits their
+      confirms together, and marks them published with one `UPDATE`. No query on the way out:
+      this is most of a saga's traffic.
+    - **Sweep**, the safety net: every `sweep_interval_s` the relay claims unpublished rows from
+      the table (`FOR UPDATE SKIP LOCKED`, so replicas share them) and publishes those. It finds
+      what the fast path left behind: rows of a process that died between commit and confirm,
+      rows the broker returned or nacked, rows staged while the broker was away. One statement
+      claims a batch and marks it; the transaction commits only after every confirm came back,
+      and gives back the rows that were not confirmed. A sweep leaves alone rows younger than
+      `grace_s`, which a hand-over (of this replica or another) is publishing, except while it
+      catches up: at start, after a failure, and while batches come back full.
+
+    Either way, a crash after publishing and before the mark commits leaves rows unpublished:
+    they are published again with the same message ids, and consumers' inboxes make that
+    harmless. A returned (unroutable) or nacked message is a failure and its row stays, except a
+    returned broadcast (an event no service of ours needs), which counts as published.
     """
 
     def __init__(
@@ -83,60 +122,121 @@ class Relay:
         *,
         batch_size: int = 256,
         sweep_interval_s: float = 1.0,
+        grace_s: float = 5.0,
         broadcasts: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
         self._broadcasts = broadcasts
         self._sessionmaker = sessionmaker
+        engine = sessionmaker.kw["bind"]
+        # The hand-over mark is a transaction of one statement: no BEGIN and COMMIT round trips.
+        self._autocommit: AsyncEngine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._batch_size = batch_size
         self._sweep_interval_s = sweep_interval_s
-        # Plain rows, not ORM objects: the relay only reads them. Built once, like `_MARK`.
-        self._claim = (
-            select(_OUTBOX)
-            .where(_OUTBOX.c.published_at.is_(None))
+        self._grace_s = grace_s
+        # Claim and mark in one statement, on plain rows: built once, like the marks.
+        batch = (
+            select(_OUTBOX.c.id)
+            .where(
+                _OUTBOX.c.published_at.is_(None),
+                _OUTBOX.c.created_at
+                < func.clock_timestamp() - bindparam("grace", type_=Interval()),
+            )
             .order_by(_OUTBOX.c.id)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
+            .cte("batch")
         )
+        self._claim = (
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == batch.c.id)
+            .values(published_at=func.clock_timestamp())
+            .returning(*(c for c in _OUTBOX.c if c.name != "published_at"))
+        )
+        self._handed: deque[Staged] = deque()
+        #: False until the first sweep found the table caught up, and again after a failure.
+        self.caught_up = False
         self._wakeup = asyncio.Event()
         self._exchange: AbstractExchange | None = None
 
-    def wake(self) -> None:
-        """Called right after a commit that staged rows, so they leave without waiting for a sweep."""
+    def hand_over(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Called right after a commit with the outbox rows it wrote: publish them now."""
+        if len(self._handed) < _MAX_HANDED:
+            now = datetime.now(UTC)
+            self._handed.extend(
+                Staged(
+                    row["event_id"],
+                    row["event_type"],
+                    row["order_id"],
+                    row["payload"],
+                    row["causation_id"],
+                    row["traceparent"],
+                    now,
+                )
+                for row in rows
+            )
         self._wakeup.set()
 
     async def run(self, exchange: AbstractExchange) -> None:
         """Relay until cancelled; `exchange` is on a channel opened with confirms and on_return_raises."""
         self._exchange = exchange
         failures = 0
+        self.caught_up = False
+        next_sweep = 0.0
         while True:
             self._wakeup.clear()
             try:
-                published = await self.publish_batch()
+                if self._handed:
+                    await self.publish_handed()
+                if not self.caught_up or time.monotonic() >= next_sweep:
+                    swept = await self.sweep(grace_s=self._grace_s if self.caught_up else 0.0)
+                    self.caught_up = swept < self._batch_size
+                    next_sweep = time.monotonic() + self._sweep_interval_s
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # Whatever was handed over is in the table: the catch-up sweep publishes it.
+                self._handed.clear()
+                self.caught_up = False
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
                 log.warning("relay: publishing failed, retrying in %.1fs", delay, exc_info=True)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            if published < self._batch_size:
+            if not self._handed and self.caught_up:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._sweep_interval_s)
+                    timeout = max(0.0, next_sweep - time.monotonic())
+                    await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    async def publish_batch(self) -> int:
-        """Publish one batch of unpublished rows; returns how many were confirmed and marked."""
-        assert self._exchange is not None, "run() sets the exchange"
+    async def publish_handed(self) -> int:
+        """Publish up to a batch of handed-over rows, then mark those the broker confirmed."""
+        rows = [self._handed.popleft() for _ in range(min(len(self._handed), self._batch_size))]
+        confirmed = await self._publish(rows)
+        crash_point("relay.after_publish")
+        if confirmed:
+            async with self._autocommit.connect() as connection:
+                await connection.execute(
+                    _MARK_HANDED, {"event_ids": [row.event_id for row in confirmed]}
+                )
+        return self._published(rows, confirmed)
+
+    async def sweep(self, grace_s: float = 0.0) -> int:
+        """Publish one batch of unpublished rows older than `grace_s` seconds from the table;
+        returns how many were confirmed and marked."""
         async with self._sessionmaker() as session, session.begin():
-            rows = (await session.execute(self._claim)).all()
+            result = await session.execute(self._claim, {"grace": timedelta(seconds=grace_s)})
+            rows = sorted(result.all(), key=lambda row: row.id)
             if not rows:
                 return 0
             confirmed = await self._publish(rows)
             crash_point("relay.after_publish")
-            if confirmed:
-                await session.execute(_MARK, {"ids": [row.id for row in confirmed]})
+            if len(confirmed) < len(rows):
+                kept = {row.id for row in confirmed}
+                await session.execute(_UNMARK, {"ids": [r.id for r in rows if r.id not in kept]})
+        return self._published(rows, confirmed)
+
+    def _published(self, rows: Sequence[OutboxRow], confirmed: Sequence[OutboxRow]) -> int:
         metrics.PUBLISHED.inc(len(confirmed))
         for row in confirmed:
             metrics.OUTBOX_DWELL.observe(_age_seconds(row))
@@ -146,9 +246,9 @@ class Relay:
             )
         return len(confirmed)
 
-    async def _publish(self, rows: Sequence[OutboxRow]) -> list[OutboxRow]:
+    async def _publish(self, rows: Sequence[R]) -> list[R]:
+        assert self._exchange is not None, "run() sets the exchange"
         exchange = self._exchange
-        assert exchange is not None
         results = await asyncio.gather(
             *(exchange.publish(to_message(row, self.service), row.event_type) for row in rows),
             return_exceptions=True,

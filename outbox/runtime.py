@@ -49,13 +49,14 @@ class Messaging:
             self.engine,
             expire_on_commit=False,
             sync_session_class=OutboxSession,
-            info=session_info(lambda: self.relay.wake(), manifest.emits),
+            info=session_info(lambda rows: self.relay.hand_over(rows), manifest.emits),
         )
         self.relay = Relay(
             manifest.service,
             self.sessionmaker,
             batch_size=settings.relay_batch_size,
             sweep_interval_s=settings.relay_sweep_interval_s,
+            grace_s=settings.relay_grace_s,
             broadcasts=frozenset(event_name(event) for event in manifest.broadcasts),
         )
         self.consumer = Consumer(

@@ -29,6 +29,9 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     prefetch: int = 64
     relay_batch_size: int = 256
     relay_sweep_interval_s: float = 1.0
+    #: A sweep leaves alone unpublished rows younger than this: a hand-over may be publishing them
+    #: (this replica's or another's). Catching up (at start, after a failure) it takes them all.
+    relay_grace_s: float = 5.0
     #: Readiness fails while the oldest unpublished outbox row is older than this, though the
     #: database and the broker answer: the relay is stuck (an event nobody may receive, say).
     relay_stuck_after_s: float = 30.0

@@ -17,7 +17,8 @@ class MessagingBase(DeclarativeBase):
 class OutboxMessage(MessagingBase):
     """An event staged in the transaction that caused it, published by the relay after commit.
 
-    Rows are claimed with `FOR UPDATE SKIP LOCKED` while `published_at` is null, marked once the
+    Rows are handed to the relay in memory when their transaction commits, or claimed by its
+    sweep with `FOR UPDATE SKIP LOCKED` while `published_at` is null; marked published once the
     broker confirmed them, and deleted after the retention window (kept meanwhile for tracing).
     """
 

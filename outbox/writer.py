@@ -7,7 +7,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, insert
 from sqlalchemy import event as sa_event
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from contracts import Event, encode, event_name
 from outbox.tables import OutboxMessage
 
-_WAKE = "outbox.wake"
+_HAND_OVER = "outbox.hand_over"
 _EMITS = "outbox.emits"
 _STAGED = "outbox.staged"
 _ROWS = "outbox.rows"
@@ -32,6 +32,9 @@ class Cause:
     traceparent: str | None
 
 
+#: Takes the outbox rows a transaction wrote, right after it committed (`Relay.hand_over`).
+HandOver = Callable[[list[dict[str, Any]]], None]
+
 #: Set by the consumer while a handler runs; unset for HTTP requests.
 current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
     "current_cause", default=None
@@ -39,7 +42,8 @@ current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
 
 
 class OutboxSession(Session):
-    """Session class whose commits write the staged events as outbox rows, then wake the relay."""
+    """Session class whose commits write the staged events as outbox rows, then hand them to the
+    relay."""
 
 
 @sa_event.listens_for(OutboxSession, "before_commit")
@@ -48,14 +52,17 @@ def _insert_staged(session: Session) -> None:
     rows = session.info.pop(_ROWS, None)
     if rows:
         session.execute(insert(_OUTBOX), rows)
+        session.info[_STAGED] = rows
 
 
 @sa_event.listens_for(OutboxSession, "after_commit")
-def _wake_relay(session: Session) -> None:
-    if session.info.pop(_STAGED, False):
-        wake: Callable[[], None] | None = session.info.get(_WAKE)
-        if wake is not None:
-            wake()
+def _hand_over(session: Session) -> None:
+    """The rows are committed: the relay may publish them at once, without reading them back."""
+    rows = session.info.pop(_STAGED, None)
+    if rows:
+        hand_over: HandOver | None = session.info.get(_HAND_OVER)
+        if hand_over is not None:
+            hand_over(rows)
 
 
 @sa_event.listens_for(OutboxSession, "after_rollback")
@@ -64,9 +71,10 @@ def _forget_staged(session: Session) -> None:
     session.info.pop(_ROWS, None)
 
 
-def session_info(wake: Callable[[], None], emits: tuple[type[Event], ...]) -> dict[str, object]:
-    """The `info` a service's sessionmaker carries: how to wake its relay, which events it may emit."""
-    return {_WAKE: wake, _EMITS: frozenset(emits)}
+def session_info(hand_over: HandOver, emits: tuple[type[Event], ...]) -> dict[str, object]:
+    """The `info` a service's sessionmaker carries: where committed outbox rows go (the relay's
+    `hand_over`), which events it may emit."""
+    return {_HAND_OVER: hand_over, _EMITS: frozenset(emits)}
 
 
 def add(session: AsyncSession, event: Event) -> None:
@@ -91,7 +99,6 @@ def add(session: AsyncSession, event: Event) -> None:
             "traceparent": child_traceparent(cause.traceparent if cause else None),
         }
     )
-    session.info[_STAGED] = True
 
 
 def child_traceparent(parent: str | None) -> str:

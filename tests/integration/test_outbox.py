@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import aio_pika
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
 
 import outbox
 from contracts import SCHEMA_VERSION, OrderCreated, StockCommitted, StockReleased, decode
@@ -21,6 +24,7 @@ from order_service.settings import Settings as OrderSettings
 from outbox import faults
 from outbox.relay import purge_expired
 from outbox.topology import declare_exchange
+from outbox.writer import OutboxSession
 from tests.support import probe
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import crashed, handled, inbox_rows, outbox_rows, stop_messaging
@@ -82,16 +86,23 @@ async def test_an_event_staged_by_a_handler_names_its_cause_and_continues_its_tr
     assert (await get_order(order_service, order.order_id)).status == "completed"
 
 
+@pytest.mark.parametrize("path", ["hand-over", "sweep"])
 async def test_a_relay_killed_between_publish_and_mark_publishes_again_and_the_consumer_acts_once(
-    start_service, order_database, probe_database, broker
+    start_service, order_database, probe_database, broker, path
 ):
     downstream = await probe_service_recording_orders(start_service, probe_database)
     wire = await broker.tap("OrderCreated")
+    duplicates_before = handled("OrderCreated", "duplicate")
+    if path == "sweep":  # committed by a replica that died before handing it over
+        created = await _stage(
+            _replica_without_relay(order_database),
+            OrderCreated(order_id=uuid.uuid4(), customer_id="bob", items=()),
+        )
     faults.arm("relay.after_publish")
     first_life = await start_service(ORDER, OrderSettings, database_url=order_database)
-    duplicates_before = handled("OrderCreated", "duplicate")
+    if path == "hand-over":
+        _, created = await place_order(first_life)
 
-    _, created = await place_order(first_life)
     await wire.wait_for(1)
     await eventually(lambda: crashed(first_life))
     await stop_messaging(first_life)
@@ -107,6 +118,27 @@ async def test_a_relay_killed_between_publish_and_mark_publishes_again_and_the_c
         created.event_id
     ]
     assert [i.message_id for i in await inbox_rows(downstream.sessionmaker)] == [created.event_id]
+
+
+async def test_a_row_nobody_handed_over_is_swept_once_older_than_the_grace(
+    start_service, order_database, downstream
+):
+    """Another replica committed the row and died before publishing it: no hand-over will come.
+    This replica's sweep publishes it, but only once it is older than the grace, so that it never
+    races a hand-over that is still on its way."""
+    order_service = await start_service(
+        ORDER, OrderSettings, database_url=order_database, relay_grace_s=1.0
+    )
+    await eventually(lambda: order_service.relay.caught_up)
+    orphan = await _stage(
+        _replica_without_relay(order_database),
+        OrderCreated(order_id=uuid.uuid4(), customer_id="bob", items=()),
+    )
+
+    [message] = await downstream.wait_for(1)
+    assert message.message_id == str(orphan.event_id)
+    [row] = await eventually(lambda: _all_published(order_service))
+    assert row.published_at - row.created_at >= timedelta(seconds=1.0)
 
 
 async def test_an_event_nobody_listens_to_stays_unpublished_until_a_queue_is_bound(
@@ -232,6 +264,14 @@ async def probe_service_recording_orders(start_service, probe_database):
         probe.manifest({OrderCreated: probe.record_effect}),
         probe.Settings,
         database_url=probe_database,
+    )
+
+
+def _replica_without_relay(database_url):
+    """Sessions that write outbox rows like a service's, with no relay to hand them to."""
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    return SimpleNamespace(
+        sessionmaker=async_sessionmaker(engine, sync_session_class=OutboxSession)
     )
 
 

@@ -48,7 +48,7 @@ class Service:
     def name(self) -> str:
         return self.manifest.service
 
-    def _wake(self) -> None:
+    def _wake(self, rows: object) -> None:
         self.woken = True
 
 
