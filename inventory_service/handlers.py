@@ -1,8 +1,9 @@
 """What inventory_service does when an event arrives: reserve, sell or give back an order's stock.
 
 Handlers change stock and stage what they emit in the session they are given; the consumer owns
-the transaction. Each handler locks the order first, then its products in sku order, so that
-concurrent events take turns without deadlocking.
+the transaction, and its inbox claim has locked the order already. Each handler locks the order's
+reservation, then its products in sku order, so that concurrent events take turns without
+deadlocking.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def _refuse(
 
 
 async def _locked(session: AsyncSession, order_id: uuid.UUID) -> Reservation | None:
-    """The order's reservation, if any, locked; the order is locked even when it has no row yet."""
-    await outbox.lock_order(session, order_id)
+    """The order's reservation, if any, locked (the order itself is locked by the inbox claim,
+    even when it has no reservation yet)."""
     return await session.get(Reservation, order_id, with_for_update=True)
 
 

@@ -5,7 +5,6 @@ that changes its state; everything else is wired by `Messaging` from the service
 """
 
 from outbox.consumer import PoisonMessage
-from outbox.locks import lock_order
 from outbox.manifest import Handler, Manifest
 from outbox.runtime import Messaging
 from outbox.settings import ServiceSettings, local_database_url
@@ -19,5 +18,4 @@ __all__ = [
     "ServiceSettings",
     "add",
     "local_database_url",
-    "lock_order",
 ]

@@ -4,8 +4,9 @@ Handlers change payments and accounts and stage what they emit in the session th
 consumer owns the transaction. The order's payment row is locked first (`FOR UPDATE`), then the
 account, so that events for one order take turns and a balance is never read stale.
 
-The order is locked even before it has a payment row (`outbox.lock_order`), so that its first two
-events, StockReserved racing OrderCancelled, take turns rather than both inserting one.
+The consumer's inbox claim has locked the order before a handler runs, even when it has no
+payment row yet, so that its first two events, StockReserved racing OrderCancelled, take turns
+rather than both inserting one.
 """
 
 from __future__ import annotations
@@ -94,6 +95,5 @@ def _refuse(session: AsyncSession, event: StockReserved, reason: str) -> None:
 
 
 async def _locked_payment(session: AsyncSession, order_id: uuid.UUID) -> Payment | None:
-    """The order's payment, if any, locked; the order is locked even when it has no row yet."""
-    await outbox.lock_order(session, order_id)
+    """The order's payment, if any, locked (the order itself is locked by the inbox claim)."""
     return await session.get(Payment, order_id, with_for_update=True)

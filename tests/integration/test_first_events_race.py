@@ -1,8 +1,9 @@
 """The first two events of an order, arriving at once, take turns in inventory and payment.
 
-Neither finds a row to lock (`FOR UPDATE` locks only what exists): without `outbox.lock_order`
-both would insert one, and one of the two deliveries would fail on the primary key and need a
-retry. Here each delivery must go through on its first attempt, and the order end right.
+Neither finds a row to lock (`FOR UPDATE` locks only what exists): without the order's lock that
+the inbox claim takes (`outbox.inbox.claim`) both would insert one, and one of the two deliveries
+would fail on the primary key and need a retry. Here each delivery must go through on its first
+attempt, and the order end right.
 """
 
 from __future__ import annotations
