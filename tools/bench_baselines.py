@@ -5,6 +5,7 @@
   then their confirms awaited together;
 - consume and ack (`RawQueue.consume`): the same messages, consumed with the services' prefetch
   and acked one by one;
+- a broker hop (`RawQueue.hop_ms`): one message at a time, from publish to delivery;
 - insert and commit: one row per transaction on PostgreSQL, on one connection and on several;
 - relay drain: `outbox.relay.Relay` itself, started on a table of staged rows, publishing to the
   same kind of queue: how fast it empties the backlog, next to the raw confirmed-publish rate.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +39,8 @@ from tools.bench_world import CpuMeter, World
 from tools.postgres import libpq
 
 EXCHANGE = "bench.baseline"
+#: Messages sent one at a time, per round, to time a broker hop.
+HOP_SAMPLES = 100
 ROUTING_KEY = "OrderCreated"
 
 Progress = Callable[[int], None]
@@ -108,6 +112,33 @@ class RawQueue:
         elapsed = time.perf_counter() - started
         await channel.close()
         return messages / elapsed
+
+    async def hop_ms(self, samples: int, prefetch: int, spacing_s: float = 0.01) -> list[float]:
+        """One message at a time: ms from `publish` to its delivery to a consumer of the queue
+        (persistent, quorum queue, publisher confirms on), as one hop of a quiet saga takes."""
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await _queue(channel, self.name)
+        consumer = await self.connection.channel()
+        await consumer.set_qos(prefetch_count=prefetch)
+        queue = await consumer.get_queue(self.name)
+        arrivals: asyncio.Queue[float] = asyncio.Queue()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            arrivals.put_nowait(time.perf_counter())
+            await message.ack()
+
+        tag = await queue.consume(on_message)
+        hops = []
+        for _ in range(samples):
+            row = sample_row(sample_event())
+            sent = time.perf_counter()
+            await exchange.publish(to_message(row, "bench"), ROUTING_KEY)
+            hops.append((await asyncio.wait_for(arrivals.get(), timeout=30) - sent) * 1000)
+            await asyncio.sleep(spacing_s)
+        await queue.cancel(tag)
+        await consumer.close()
+        await channel.close()
+        return hops
 
     async def consume(
         self, messages: int, prefetch: int, progress: Progress = lambda n: None
@@ -254,6 +285,7 @@ async def measure(
     publish: list[float] = []
     consume: list[float] = []
     drain: list[float] = []
+    hops: list[float] = []
     cpu: dict[str, dict[str, float]] = {}
     drain_db = world.database("bench_drain")
     for round_ in (1, 2):
@@ -275,6 +307,7 @@ async def measure(
             )
             cpu["publish"] = _cpu_ms_per_op(before, middle, messages)
             cpu["consume_ack"] = _cpu_ms_per_op(middle, meter.sample(), messages)
+            hops.extend(await raw.hop_ms(HOP_SAMPLES, prefetch))
         finally:
             await raw.close()
         bar = progress.add_task(
@@ -304,6 +337,13 @@ async def measure(
         "consume_ack_per_s": round(max(consume), 1),
         "commit_per_s": round(commit, 1),
         "commit_per_s_one_connection": round(commit_serial, 1),
+        # Latency, one at a time on a quiet machine: what a hop of a saga cannot go below.
+        "broker_hop_ms": {
+            "p50": round(statistics.median(hops), 2),
+            "p90": round(statistics.quantiles(hops, n=10)[-1], 2),
+            "samples": len(hops),
+        },
+        "commit_ms_one_connection": round(1000 / commit_serial, 2),
         "commit_connections": commit_connections,
         "rounds": {
             "publish_per_s": [round(x, 1) for x in publish],

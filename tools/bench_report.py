@@ -19,6 +19,10 @@ from tools.bench_hops import HOPS
 PUBLISHES_PER_SAGA = 5
 DELIVERIES_PER_SAGA = 7
 COMMITS_PER_SAGA = 8
+#: One after the other from POST to OrderCompleted: five commits (the POST, inventory reserving,
+#: payment charging, inventory selling, order completing), each followed by a broker hop.
+COMMITS_IN_CHAIN = 5
+HOPS_IN_CHAIN = 5
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
 
@@ -33,7 +37,12 @@ def bound(main: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     )
     cores = psutil.cpu_count() or 1
     measured = sum(v for k, v in main["cpu_ms_per_saga"].items() if k != "services (4 processes)")
+    floor_ms = (
+        HOPS_IN_CHAIN * baseline["broker_hop_ms"]["p50"]
+        + COMMITS_IN_CHAIN * baseline["commit_ms_one_connection"]
+    )
     return {
+        "latency_floor_ms_if_only_raw_operations": round(floor_ms, 1),
         "raw_operations_cpu_ms_per_saga": round(raw_ms, 2),
         "measured_cpu_ms_per_saga_all_processes": round(measured, 2),
         "cores": cores,
@@ -123,6 +132,12 @@ def report(result: dict[str, Any]) -> None:
         f"raw baselines: {base['publish_per_s']:.0f} confirmed publishes/s, "
         f"{base['consume_ack_per_s']:.0f} consume+ack/s, {base['commit_per_s']:.0f} commits/s "
         f"({base['commit_connections']} connections; {base['commit_per_s_one_connection']:.0f} on one)"
+    )
+    console.print(
+        f"raw latency: a broker hop (publish to delivery, one at a time) p50 "
+        f"{base['broker_hop_ms']['p50']} ms, an insert+commit {base['commit_ms_one_connection']} "
+        f"ms: a saga's chain of {HOPS_IN_CHAIN} hops and {COMMITS_IN_CHAIN} commits needs "
+        f"{result['bound']['latency_floor_ms_if_only_raw_operations']} ms with no code at all"
     )
     console.print(
         f"saga traffic vs raw: publishes {ratios['publishes_per_s_vs_raw']:.0%}, deliveries "
