@@ -56,7 +56,8 @@ _MAX_HANDED = 10_000
 
 
 class Staged(NamedTuple):
-    """An outbox row as the committing transaction wrote it, handed to the relay in memory."""
+    """An outbox row as the committing transaction wrote it (`outbox.add`'s columns), handed to
+    the relay in memory, with the time it was handed over."""
 
     event_id: uuid.UUID
     event_type: str
@@ -69,7 +70,7 @@ class Staged(NamedTuple):
 
 #: An outbox row as the relay publishes it: handed over, or a plain row of the table.
 OutboxRow = Staged | Row[Any] | OutboxMessage
-R = TypeVar("R", Staged, Row[Any], OutboxMessage)
+_Row = TypeVar("_Row", Staged, Row[Any], OutboxMessage)
 
 
 def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
@@ -163,18 +164,7 @@ class Relay:
         """Called right after a commit with the outbox rows it wrote: publish them now."""
         if len(self._handed) < _MAX_HANDED:
             now = datetime.now(UTC)
-            self._handed.extend(
-                Staged(
-                    row["event_id"],
-                    row["event_type"],
-                    row["order_id"],
-                    row["payload"],
-                    row["causation_id"],
-                    row["traceparent"],
-                    now,
-                )
-                for row in rows
-            )
+            self._handed.extend(Staged(**row, created_at=now) for row in rows)
         self._wakeup.set()
 
     async def run(self, exchange: AbstractExchange) -> None:
@@ -246,7 +236,7 @@ class Relay:
             )
         return len(confirmed)
 
-    async def _publish(self, rows: Sequence[R]) -> list[R]:
+    async def _publish(self, rows: Sequence[_Row]) -> list[_Row]:
         assert self._exchange is not None, "run() sets the exchange"
         exchange = self._exchange
         results = await asyncio.gather(

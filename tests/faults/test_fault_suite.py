@@ -70,6 +70,11 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
                 # Faults strike a system at work: once the first orders have been answered.
                 eventually_sync(lambda: load.answers["POST /orders 201"] >= 20, timeout=60)
                 inject(faults, rng)
+                # ...and the load goes on until the healed system has answered 20 more.
+                answered = load.answers["POST /orders 201"]
+                eventually_sync(
+                    lambda: load.answers["POST /orders 201"] >= answered + 20, timeout=90
+                )
             finally:
                 load.stop()
             for service in system.services.values():
@@ -135,7 +140,6 @@ def inject(faults: Faults, rng: random.Random) -> None:
         faults.wait_reconnected(SERVICES)
         time.sleep(rng.uniform(1.0, 4.0))
         faults.restart_postgres()
-    time.sleep(5)
 
 
 def keep(figures: dict, entries: list) -> None:
