@@ -34,6 +34,22 @@ class Shortage(msgspec.Struct, frozen=True, kw_only=True):
     available: int
 
 
+#: Why inventory refused an order.
+StockFailReason = Literal["out_of_stock", "unknown_product", "order_cancelled"]
+#: Why payment refused a charge.
+PaymentFailReason = Literal["insufficient_funds", "no_account", "order_cancelled"]
+#: Why an order was cancelled: a failed step (inventory's or payment's reason), the customer, or
+#: its deadline.
+CancelReason = Literal[
+    "out_of_stock",
+    "unknown_product",
+    "insufficient_funds",
+    "no_account",
+    "customer_request",
+    "timeout",
+]
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="event", tag=True):
     """Base of every event: a stable id (the AMQP message id) and when it happened.
 
@@ -63,7 +79,7 @@ class StockReserved(Event, frozen=True, kw_only=True):
 class StockFailed(Event, frozen=True, kw_only=True):
     """inventory_service: a line could not be reserved, so nothing was."""
 
-    reason: Literal["out_of_stock", "unknown_product", "order_cancelled"]
+    reason: StockFailReason
     shortages: tuple[Shortage, ...] = ()
 
 
@@ -79,7 +95,7 @@ class PaymentFailed(Event, frozen=True, kw_only=True):
     """payment_service: the charge was refused; nothing was taken."""
 
     customer_id: str
-    reason: Literal["insufficient_funds", "no_account", "order_cancelled"]
+    reason: PaymentFailReason
 
 
 class StockCommitted(Event, frozen=True, kw_only=True):
@@ -97,14 +113,7 @@ class OrderCancelled(Event, frozen=True, kw_only=True):
     """order_service, terminal: a step failed, the customer asked, or the deadline passed."""
 
     customer_id: str
-    reason: Literal[
-        "out_of_stock",
-        "unknown_product",
-        "insufficient_funds",
-        "no_account",
-        "customer_request",
-        "timeout",
-    ]
+    reason: CancelReason
 
 
 class StockReleased(Event, frozen=True, kw_only=True):

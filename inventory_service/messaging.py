@@ -1,6 +1,7 @@
 """What inventory_service listens to and tells the world; queue bindings derive from this."""
 
 from contracts import (
+    Event,
     OrderCancelled,
     OrderCreated,
     PaymentFailed,
@@ -11,10 +12,11 @@ from contracts import (
     StockReserved,
 )
 from inventory_service import handlers
-from outbox import Manifest
+from inventory_service.store import Stock
+from outbox import Handler, Manifest
 
 SERVICE = "inventory_service"
-CONSUMES = {
+CONSUMES: dict[type[Event], Handler] = {
     OrderCreated: handlers.reserve_stock,
     PaymentSucceeded: handlers.commit_stock,
     PaymentFailed: handlers.release_stock,
@@ -24,4 +26,4 @@ EMITS = (StockReserved, StockFailed, StockCommitted, StockReleased)
 # Published for whoever wants to know; no service of ours needs it (SPEC §2).
 BROADCASTS = (StockReleased,)
 
-MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, BROADCASTS)
+MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, BROADCASTS, unit=Stock)

@@ -1,7 +1,7 @@
 """What notification_service does when an order ends or is refunded: tell the customer, once.
 
-The consumer owns the transaction. The insert skips an event already notified (`ON CONFLICT DO
-NOTHING` on its id), a safety net beyond the inbox that costs no aborted transaction.
+Handlers add the notification to what their transaction sends (`Outgoing`); the consumer owns
+the transaction.
 """
 
 from __future__ import annotations
@@ -9,11 +9,9 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from contracts import OrderCancelled, OrderCompleted, PaymentRefunded, event_name
 from notification_service.models import Notification
+from notification_service.store import Outgoing
 
 REASONS = {
     "out_of_stock": "out of stock",
@@ -25,12 +23,11 @@ REASONS = {
 }
 
 
-async def notify_customer(
-    session: AsyncSession, event: OrderCompleted | OrderCancelled | PaymentRefunded
+def notify_customer(
+    outgoing: Outgoing, event: OrderCompleted | OrderCancelled | PaymentRefunded
 ) -> None:
-    await session.execute(
-        insert(Notification)
-        .values(
+    outgoing.add(
+        Notification(
             notification_id=uuid.uuid4(),
             source_event_id=event.event_id,
             order_id=event.order_id,
@@ -39,7 +36,6 @@ async def notify_customer(
             message=message_for(event),
             created_at=datetime.now(UTC),
         )
-        .on_conflict_do_nothing(index_elements=[Notification.source_event_id])
     )
 
 

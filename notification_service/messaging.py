@@ -1,15 +1,16 @@
 """What notification_service listens to (it emits nothing); queue bindings derive from this."""
 
-from contracts import OrderCancelled, OrderCompleted, PaymentRefunded
+from contracts import Event, OrderCancelled, OrderCompleted, PaymentRefunded
 from notification_service import handlers
-from outbox import Manifest
+from notification_service.store import Outgoing
+from outbox import Handler, Manifest
 
 SERVICE = "notification_service"
-CONSUMES = {
+CONSUMES: dict[type[Event], Handler] = {
     OrderCompleted: handlers.notify_customer,
     OrderCancelled: handlers.notify_customer,
     PaymentRefunded: handlers.notify_customer,
 }
 EMITS = ()
 
-MANIFEST = Manifest(SERVICE, CONSUMES, EMITS)
+MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, unit=Outgoing)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from order_service import handlers
 from order_service.models import Order
+from order_service.store import Orders
 from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
@@ -80,12 +81,14 @@ class OrderController(Controller):
             previous = await replay(session, "orders", idempotency_key, body_hash)
             if previous is not None:
                 return previous
+        orders = Orders(session)
         order, _ = handlers.place_order(
-            session,
+            orders,
             data.customer_id,
             [(line.sku, line.quantity) for line in data.items],
             state.settings.order_timeout_s,
         )
+        await orders.save()
         body = OrderOut.of(order)
         location = f"/orders/{order.order_id}"
         if idempotency_key is not None:
@@ -123,8 +126,7 @@ class OrderController(Controller):
     @post("/{order_id:uuid}/cancel", status_code=202)
     async def cancel_order(self, order_id: uuid.UUID, session: AsyncSession) -> Response[OrderOut]:
         """Cancel in any status but cancelled (202); cancelling a cancelled order answers 200."""
-        order = await session.get(Order, order_id, with_for_update=True)
+        order, changed = await handlers.cancel_order(session, order_id)
         if order is None:
             raise NotFoundException(f"no order {order_id}")
-        changed = handlers.cancel(session, order, "customer_request")
         return Response(OrderOut.of(order), status_code=202 if changed else 200)

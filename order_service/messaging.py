@@ -1,6 +1,7 @@
 """What order_service listens to and what it tells the world; queue bindings derive from this."""
 
 from contracts import (
+    Event,
     OrderCancelled,
     OrderCompleted,
     OrderCreated,
@@ -11,10 +12,11 @@ from contracts import (
     StockReserved,
 )
 from order_service import handlers
-from outbox import Manifest
+from order_service.store import Orders
+from outbox import Handler, Manifest
 
 SERVICE = "order_service"
-CONSUMES = {
+CONSUMES: dict[type[Event], Handler] = {
     StockReserved: handlers.mark_reserved,
     StockFailed: handlers.cancel_for_stock,
     PaymentSucceeded: handlers.mark_paid,
@@ -23,4 +25,4 @@ CONSUMES = {
 }
 EMITS = (OrderCreated, OrderCompleted, OrderCancelled)
 
-MANIFEST = Manifest(SERVICE, CONSUMES, EMITS)
+MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, unit=Orders)

@@ -1,19 +1,31 @@
-"""The consumer: decode, then inbox claim + handler + outgoing events in one transaction, then ack.
+"""The consumer: decode, then inbox claim + handlers + outgoing events in one transaction per batch
+of ready deliveries, then the acks.
 
-- Undecodable or invalid messages are rejected without requeue: the broker dead-letters them at
-  once, and the consumer goes on.
-- A handler that raises is retried in-process with exponential backoff; after `max_attempts` the
-  message is rejected to the dead-letter queue. Never ack-and-forget.
-- The ack comes after the commit. A crash in between redelivers the message, and the inbox turns
-  the redelivery into a no-op.
+- Undecodable or invalid messages are rejected without requeue as they arrive: the broker
+  dead-letters them at once, and the consumer goes on.
+- Deliveries that are ready together are handled together: one transaction claims them all in the
+  inbox, loads and locks what their handlers need, runs the handlers in turn and commits once.
+  Nothing waits to fill a batch: a worker takes whatever is ready, so a quiet system handles each
+  message on its own as soon as it comes.
+- A batch whose transaction fails is handled again one delivery per transaction, so that one bad
+  message never fails its neighbours. A handler that raises is retried in-process with
+  exponential backoff; after `max_attempts` the message is rejected to the dead-letter queue.
+  Never ack-and-forget.
+- The acks come after the commit (one `multiple` ack where the delivery tags allow). A crash in
+  between redelivers the messages, and the inbox turns the redeliveries into no-ops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -21,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from contracts import SCHEMA_VERSION, DecodeError, Event, decode, event_name
 from outbox import inbox, metrics
 from outbox.faults import crash_point
-from outbox.manifest import Handler, Manifest
+from outbox.inbox import Delivery
+from outbox.manifest import Manifest
 from outbox.topology import declare_queues
 from outbox.writer import Cause, current_cause
 
@@ -58,6 +71,44 @@ def parse(message: AbstractIncomingMessage, expected: type[Event]) -> Event:
         raise PoisonMessage(str(exc)) from exc
 
 
+async def deliver(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    manifest: Manifest,
+    deliveries: Sequence[Delivery],
+) -> list[bool]:
+    """Handle deliveries in one transaction: inbox claims, the service's unit loaded for the
+    claimed ones, their handlers in turn, the unit saved, the outbox rows. For each delivery,
+    False if it was a duplicate.
+
+    The consumer calls this for every batch; tests call it to deliver events in any order.
+    """
+    async with sessionmaker() as session, session.begin():
+        first = await inbox.claim(session, deliveries)
+        todo = [delivery for delivery, new in zip(deliveries, first, strict=True) if new]
+        if todo:
+            unit = await manifest.unit.load(session, [delivery.event for delivery in todo])
+            for delivery in todo:
+                token = current_cause.set(Cause(delivery.event.event_id, delivery.traceparent))
+                try:
+                    manifest.consumes[type(delivery.event)](unit, delivery.event)
+                finally:
+                    current_cause.reset(token)
+            await unit.save()
+        crash_point("consumer.before_commit")
+    return first
+
+
+@dataclass(frozen=True, slots=True)
+class _Received:
+    message: AbstractIncomingMessage
+    delivery: Delivery
+    arrived: float  # perf_counter
+
+    @property
+    def name(self) -> str:
+        return event_name(self.delivery.event)
+
+
 class Consumer:
     """Consumes a service's queues, as declared by its manifest, on a (robust) channel."""
 
@@ -69,135 +120,244 @@ class Consumer:
         max_attempts: int = 16,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 5.0,
+        workers: int = 2,
+        max_batch: int = 64,
         concurrency: int = 8,
     ) -> None:
         self.manifest = manifest
         self._sessionmaker = sessionmaker
-        # Prefetch lets the broker hand over many messages at once; this bounds how many handlers
-        # hold a database connection at once, so a backlog never pushes the pool into opening and
-        # closing overflow connections for every burst.
-        self._slots = asyncio.Semaphore(concurrency)
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
+        self._workers = workers
+        self._max_batch = max_batch
+        # Bounds the transactions held at once (batches and deliveries retried on their own), so
+        # that a backlog never pushes the pool into opening and closing overflow connections.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._ready: deque[_Received] = deque()
+        self._wakeup = asyncio.Event()
+        self._acks = _Acks()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, channel: AbstractChannel, exchange: AbstractExchange) -> None:
         """Declare the queues and start consuming; a robust channel resumes them after reconnecting."""
+        if not self._tasks:
+            for number in range(self._workers):
+                self._spawn(self._work(), f"{self.manifest.service}-consumer-{number}")
         queues = await declare_queues(channel, self.manifest, exchange)
         for event, queue in queues.items():
-            handler = self.manifest.consumes[event]
-            await queue.consume(partial(self.handle, event, handler, queue.name))
+            await queue.consume(partial(self._arrived, event, queue.name))
 
-    async def handle(
-        self,
-        expected: type[Event],
-        handler: Handler,
-        consumer: str,
-        message: AbstractIncomingMessage,
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            self._tasks.discard(task)
+        else:  # kept, so that `stop` (and a test looking for a crash) sees how it died
+            log.error("%s: consumer task died", task.get_name(), exc_info=task.exception())
+
+    async def _arrived(
+        self, expected: type[Event], consumer: str, message: AbstractIncomingMessage
     ) -> None:
-        name = event_name(expected)
+        self._acks.received(message)
         try:
             event = parse(message, expected)
         except PoisonMessage as exc:
-            log.error(
-                "dead-lettering poison message %s from %s: %s",
-                message.message_id,
-                consumer,
-                exc,
-                extra={"order_id": message.correlation_id},
+            await self._dead_letter(
+                message, event_name(expected), "poison", f"poison message from {consumer}: {exc}"
             )
-            metrics.HANDLED.labels(name, "poison").inc()
-            await message.reject(requeue=False)
             return
+        delivery = Delivery(consumer, event, message.app_id, _header(message, "traceparent"))
+        self._ready.append(_Received(message, delivery, time.perf_counter()))
+        self._wakeup.set()
 
-        started = time.perf_counter()
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                handled = await self._handle_once(event, handler, consumer, message)
-            except asyncio.CancelledError:
-                raise
-            except PoisonMessage as exc:
-                log.error(
-                    "%s: dead-lettering %s %s: %s",
-                    consumer,
-                    name,
-                    event.event_id,
-                    exc,
-                    extra={"order_id": str(event.order_id)},
+    async def _work(self) -> None:
+        """Take whatever is ready, up to a batch, and handle it; wait when nothing is."""
+        while True:
+            if not self._ready:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._ready.popleft() for _ in range(min(len(self._ready), self._max_batch))]
+            await self._handle_batch(batch)
+
+    async def _handle_batch(self, batch: list[_Received]) -> None:
+        try:
+            async with self._slots:
+                first = await deliver(
+                    self._sessionmaker, self.manifest, [r.delivery for r in batch]
                 )
-                metrics.HANDLED.labels(name, "poison").inc()
-                await message.reject(requeue=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if len(batch) == 1:
+                self._spawn(self._handle_alone(batch[0], failed=exc), "consumer-retry")
                 return
-            except Exception:
-                if attempt == self._max_attempts:
-                    log.exception(
-                        "%s: %s %s failed %d times, dead-lettering it",
-                        consumer,
-                        name,
-                        event.event_id,
-                        attempt,
-                        extra={"order_id": str(event.order_id)},
+            # One delivery per transaction from here, each with its own retries: a message that
+            # fails (poison a handler found, a bug) takes none of its neighbours with it.
+            log.info(
+                "%s: a batch of %d failed (%r), handling each on its own",
+                self.manifest.service,
+                len(batch),
+                exc,
+            )
+            metrics.BATCHES_SPLIT.inc()
+            for received in batch:
+                self._spawn(self._handle_alone(received), "consumer-retry")
+            return
+        metrics.BATCH_SIZE.observe(len(batch))
+        for received, new in zip(batch, first, strict=True):
+            self._count(received, "handled" if new else "duplicate")
+        crash_point("consumer.after_commit")
+        await self._acks.ack([received.message for received in batch])
+
+    async def _handle_alone(self, received: _Received, failed: Exception | None = None) -> None:
+        """One delivery in a transaction of its own, retried with backoff, then dead-lettered."""
+        attempt = 1 if failed is not None else 0
+        while True:
+            if failed is not None:
+                if isinstance(failed, PoisonMessage):
+                    await self._dead_letter(
+                        received.message, received.name, "poison", self._why(received, failed)
                     )
-                    metrics.HANDLED.labels(name, "dead_lettered").inc()
-                    await message.reject(requeue=False)
+                    return
+                if attempt >= self._max_attempts:
+                    await self._dead_letter(
+                        received.message,
+                        received.name,
+                        "dead_lettered",
+                        self._why(received, f"failed {attempt} times"),
+                        exc_info=failed,
+                    )
                     return
                 delay = min(self._backoff_base_s * 2 ** (attempt - 1), self._backoff_cap_s)
                 log.warning(
-                    "%s: %s %s failed (attempt %d), retrying in %.2fs",
-                    consumer,
-                    name,
-                    event.event_id,
+                    "%s (attempt %d), retrying in %.2fs",
+                    self._why(received, "failed"),
                     attempt,
                     delay,
-                    exc_info=True,
-                    extra={"order_id": str(event.order_id)},
+                    exc_info=failed,
+                    extra={"order_id": str(received.delivery.event.order_id)},
                 )
-                metrics.HANDLED.labels(name, "retried").inc()
+                metrics.HANDLED.labels(received.name, "retried").inc()
                 await asyncio.sleep(delay)
+            attempt += 1
+            try:
+                async with self._slots:
+                    [new] = await deliver(self._sessionmaker, self.manifest, [received.delivery])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failed = exc
                 continue
-            metrics.HANDLED.labels(name, "handled" if handled else "duplicate").inc()
-            metrics.HANDLER_SECONDS.labels(name).observe(time.perf_counter() - started)
-            break
-        crash_point("consumer.after_commit")
-        await message.ack()
+            metrics.BATCH_SIZE.observe(1)
+            self._count(received, "handled" if new else "duplicate")
+            crash_point("consumer.after_commit")
+            await self._acks.ack([received.message])
+            return
 
-    async def _handle_once(
-        self, event: Event, handler: Handler, consumer: str, message: AbstractIncomingMessage
-    ) -> bool:
-        async with self._slots:
-            return await deliver(
-                self._sessionmaker,
-                consumer,
-                event,
-                handler,
-                emitted_by=message.app_id,
-                traceparent=_header(message, "traceparent"),
+    def _count(self, received: _Received, outcome: str) -> None:
+        metrics.HANDLED.labels(received.name, outcome).inc()
+        if outcome == "handled":
+            metrics.HANDLER_SECONDS.labels(received.name).observe(
+                time.perf_counter() - received.arrived
             )
 
+    @staticmethod
+    def _why(received: _Received, what: object) -> str:
+        delivery = received.delivery
+        return (
+            f"{delivery.consumer}: {event_name(delivery.event)} {delivery.event.event_id}: {what}"
+        )
 
-async def deliver(
-    sessionmaker: async_sessionmaker[AsyncSession],
-    consumer: str,
-    event: Event,
-    handler: Handler,
-    *,
-    emitted_by: str | None = None,
-    traceparent: str | None = None,
-) -> bool:
-    """Handle one event in one transaction: inbox claim, handler, outbox rows. False if a duplicate.
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        name: str,
+        outcome: str,
+        why: str,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """Reject without requeue: the queue's dead-letter exchange takes the message."""
+        log.error(
+            "dead-lettering %s: %s",
+            message.message_id,
+            why,
+            exc_info=exc_info,
+            extra={"order_id": message.correlation_id},
+        )
+        metrics.HANDLED.labels(name, outcome).inc()
+        await self._acks.reject(message)
 
-    The consumer calls this for every delivery; tests call it to deliver events in any order.
-    """
-    token = current_cause.set(Cause(event.event_id, traceparent))
-    try:
-        async with sessionmaker() as session, session.begin():
-            if not await inbox.claim(session, consumer, event.event_id, event, emitted_by):
-                return False
-            await handler(session, event)
-            crash_point("consumer.before_commit")
-        return True
-    finally:
-        current_cause.reset(token)
+
+class _Acks:
+    """The delivery tags each channel has handed over and that are not settled yet, so that a
+    batch is acked in as few frames as the tags allow: one `multiple` ack covers every tag up to
+    its own, which is only right when all of those are this batch's."""
+
+    def __init__(self) -> None:
+        self._open: dict[Any, set[int]] = {}
+
+    def received(self, message: AbstractIncomingMessage) -> None:
+        channel = message.channel
+        if channel not in self._open:
+            # A robust connection opens new channels after a reconnect: forget the dead ones.
+            for stale in [c for c in self._open if getattr(c, "is_closed", False)]:
+                del self._open[stale]
+            self._open[channel] = set()
+        self._open[channel].add(_tag(message))
+
+    async def ack(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        by_channel: dict[Any, list[AbstractIncomingMessage]] = {}
+        for message in messages:
+            by_channel.setdefault(message.channel, []).append(message)
+        frames = 0
+        for channel, ours in by_channel.items():
+            open_tags = self._open.get(channel, set())
+            ours.sort(key=_tag)
+            tags = {_tag(m) for m in ours}
+            # The longest run of our tags, from the lowest open tag up, with no other open tag in it.
+            others = open_tags - tags
+            lowest_other = min(others) if others else None
+            covered = [m for m in ours if lowest_other is None or _tag(m) < lowest_other]
+            rest = ours[len(covered) :]
+            if len(covered) > 1:
+                frames += await self._settle(covered[-1], multiple=True)
+            else:
+                rest = ours
+            for message in rest:
+                if frames:
+                    crash_point("consumer.during_acks")
+                frames += await self._settle(message, multiple=False)
+            open_tags -= tags
+
+    async def reject(self, message: AbstractIncomingMessage) -> None:
+        self._open.get(message.channel, set()).discard(_tag(message))
+        with contextlib.suppress(Exception):  # a closed channel returns the message anyway
+            await message.reject(requeue=False)
+
+    @staticmethod
+    async def _settle(message: AbstractIncomingMessage, *, multiple: bool) -> int:
+        try:
+            await message.ack(multiple=multiple)
+        except Exception as exc:
+            # The channel closed since the delivery: the broker gives the message to a consumer
+            # again, and the inbox will know it as a duplicate.
+            log.info("ack of %s not sent (%r): it will come again", message.message_id, exc)
+        return 1
+
+
+def _tag(message: AbstractIncomingMessage) -> int:
+    return message.delivery_tag or 0
 
 
 def _header(message: AbstractIncomingMessage, name: str) -> str | None:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from contracts import Event, event_name
+from outbox.unit import Unit
 
-#: A handler changes state and stages events in the session it is given; it never commits.
-Handler = Callable[[AsyncSession, Any], Awaitable[None]]
+#: A handler applies one event to the rows its unit loaded and emits what follows from it; it
+#: never touches the database, and never commits: the consumer does, for the whole batch.
+Handler = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Manifest:
     #: The broker returning one of these as unroutable is not an error; for every other event it is,
     #: and the relay keeps the row until a queue is bound.
     broadcasts: tuple[type[Event], ...] = ()
+    #: What the handlers work on: loaded for a batch of deliveries, saved before it commits.
+    unit: type[Unit] = Unit
 
     def queue_for(self, event: type[Event]) -> str:
         """The durable queue this service reads `event` from: `<service>.<EventName>`."""

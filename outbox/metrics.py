@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 HANDLED = Counter(
     "saga_messages_handled_total",
-    "Messages consumed, by event and outcome (handled, duplicate, retried, dead_lettered).",
+    "Messages consumed, by event and outcome (handled, duplicate, retried, dead_lettered, poison).",
     ["event", "outcome"],
 )
 HANDLER_SECONDS = Histogram(
@@ -32,4 +32,13 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 DEAD_LETTER_DEPTH = Gauge(
     "saga_dead_letter_depth", "Messages waiting in this service's dead-letter queues.", ["queue"]
+)
+BATCH_SIZE = Histogram(
+    "saga_consumer_batch_size",
+    "Deliveries handled per consumer transaction (each batch commits once).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+BATCHES_SPLIT = Counter(
+    "saga_consumer_batches_split_total",
+    "Batches whose transaction failed and were handled again one delivery at a time.",
 )

@@ -8,9 +8,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, FieldValue
@@ -35,6 +35,7 @@ from contracts import SCHEMA_VERSION
 from outbox import metrics
 from outbox.faults import crash_point
 from outbox.tables import OutboxMessage
+from outbox.writer import Staged
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,6 @@ _MARK_HANDED = (
 _UNMARK = update(_OUTBOX).where(_OUTBOX.c.id == any_(_IDS)).values(published_at=None)
 #: Most handed-over rows waiting in memory; past that, the sweep publishes them from the table.
 _MAX_HANDED = 10_000
-
-
-class Staged(NamedTuple):
-    """An outbox row as the committing transaction wrote it (`outbox.add`'s columns), handed to
-    the relay in memory, with the time it was handed over."""
-
-    event_id: uuid.UUID
-    event_type: str
-    order_id: uuid.UUID
-    payload: bytes
-    causation_id: uuid.UUID | None
-    traceparent: str
-    created_at: datetime
 
 
 #: An outbox row as the relay publishes it: handed over, or a plain row of the table.
@@ -98,9 +86,9 @@ class Relay:
     """Moves outbox rows to the broker with publisher confirms, by two paths.
 
     - **Hand-over**, the fast path: a transaction that staged events hands its rows to the relay
-      right after it commits (`hand_over`). The relay publishes them from memory, awaits their
-      confirms together, and marks them published with one `UPDATE`. No query on the way out:
-      this is most of a saga's traffic.
+      right after it commits (`hand_over`). The relay publishes them from memory and awaits their
+      confirms together; a moment later one `UPDATE` marks the confirmed rows of every commit
+      since the last mark. No query on the way out: this is most of a saga's traffic.
     - **Sweep**, the safety net: every `sweep_interval_s` the relay claims unpublished rows from
       the table (`FOR UPDATE SKIP LOCKED`, so replicas share them) and publishes those. It finds
       what the fast path left behind: rows of a process that died between commit and confirm,
@@ -124,6 +112,7 @@ class Relay:
         batch_size: int = 256,
         sweep_interval_s: float = 1.0,
         grace_s: float = 5.0,
+        mark_interval_s: float = 0.05,
         broadcasts: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
@@ -155,20 +144,32 @@ class Relay:
             .returning(*(c for c in _OUTBOX.c if c.name != "published_at"))
         )
         self._handed: deque[Staged] = deque()
+        #: Event ids handed over, published and confirmed, waiting to be marked in the table.
+        self._confirmed: list[uuid.UUID] = []
+        self._mark_interval_s = mark_interval_s
+        self._to_mark = asyncio.Event()
         #: False until the first sweep found the table caught up, and again after a failure.
         self.caught_up = False
         self._wakeup = asyncio.Event()
         self._exchange: AbstractExchange | None = None
 
-    def hand_over(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Called right after a commit with the outbox rows it wrote: publish them now."""
+    def hand_over(self, staged: Iterable[Staged]) -> None:
+        """Called right after a commit with the events it staged: publish them now."""
         if len(self._handed) < _MAX_HANDED:
-            now = datetime.now(UTC)
-            self._handed.extend(Staged(**row, created_at=now) for row in rows)
+            self._handed.extend(staged)
         self._wakeup.set()
 
     async def run(self, exchange: AbstractExchange) -> None:
         """Relay until cancelled; `exchange` is on a channel opened with confirms and on_return_raises."""
+        marking = asyncio.create_task(self._mark_forever(), name=f"{self.service}-relay-marks")
+        try:
+            await self._relay(exchange)
+        finally:
+            marking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await marking
+
+    async def _relay(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
         failures = 0
         self.caught_up = False
@@ -178,6 +179,8 @@ class Relay:
             try:
                 if self._handed:
                     await self.publish_handed()
+                if not self.caught_up:
+                    await self.mark_confirmed()  # so that catching up skips what is confirmed
                 if not self.caught_up or time.monotonic() >= next_sweep:
                     swept = await self.sweep(grace_s=self._grace_s if self.caught_up else 0.0)
                     self.caught_up = swept < self._batch_size
@@ -200,16 +203,48 @@ class Relay:
                     await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     async def publish_handed(self) -> int:
-        """Publish up to a batch of handed-over rows, then mark those the broker confirmed."""
+        """Publish up to a batch of handed-over rows; those the broker confirmed are marked soon
+        after, together with those of other commits (`_mark_forever`)."""
         rows = [self._handed.popleft() for _ in range(min(len(self._handed), self._batch_size))]
         confirmed = await self._publish(rows)
         crash_point("relay.after_publish")
-        if confirmed:
-            async with self._autocommit.connect() as connection:
-                await connection.execute(
-                    _MARK_HANDED, {"event_ids": [row.event_id for row in confirmed]}
-                )
+        if confirmed and len(self._confirmed) < _MAX_HANDED:
+            self._confirmed.extend(row.event_id for row in confirmed)
+            self._to_mark.set()
         return self._published(rows, confirmed)
+
+    async def mark_confirmed(self) -> int:
+        """Mark published, in one autocommit `UPDATE`, what was handed over and confirmed."""
+        ids, self._confirmed = self._confirmed, []
+        if ids:
+            try:
+                async with self._autocommit.connect() as connection:
+                    await connection.execute(_MARK_HANDED, {"event_ids": ids})
+            except BaseException:
+                self._confirmed.extend(ids)
+                raise
+        return len(ids)
+
+    async def _mark_forever(self) -> None:
+        """Marks come after their publish, off the path of the next one, and wait a moment to
+        take in the confirms of several commits: one statement for all of them. Until a row is
+        marked, a crash means it is published again (a duplicate the inboxes skip); the sweep
+        leaves it alone meanwhile, being younger than the grace."""
+        failures = 0
+        while True:
+            await self._to_mark.wait()
+            await asyncio.sleep(self._mark_interval_s)
+            self._to_mark.clear()
+            try:
+                await self.mark_confirmed()
+            except Exception:
+                failures += 1
+                self._to_mark.set()
+                delay = min(0.1 * 2**failures, 5.0)
+                log.warning("relay: marking published rows failed, retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
 
     async def sweep(self, grace_s: float = 0.0) -> int:
         """Publish one batch of unpublished rows older than `grace_s` seconds from the table;

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select as io_select
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
-from sqlalchemy import func, select, text
+from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     async_sessionmaker,
@@ -39,17 +41,17 @@ class Messaging:
     def __init__(self, manifest: Manifest, settings: ServiceSettings) -> None:
         self.manifest = manifest
         self.settings = settings
+        # A fixed pool, sized for what runs at once (consumer transactions, the relay, HTTP
+        # requests, the sweeps): no overflow connections opened and closed under load.
         self.engine: AsyncEngine = create_async_engine(
-            settings.database_url,
-            pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
-            pool_pre_ping=True,
+            settings.database_url, pool_size=settings.db_pool_size, max_overflow=0
         )
+        event.listen(self.engine.sync_engine, "checkout", _drop_if_closed_by_server)
         self.sessionmaker = async_sessionmaker(
             self.engine,
             expire_on_commit=False,
             sync_session_class=OutboxSession,
-            info=session_info(lambda rows: self.relay.hand_over(rows), manifest.emits),
+            info=session_info(lambda staged: self.relay.hand_over(staged), manifest.emits),
         )
         self.relay = Relay(
             manifest.service,
@@ -57,13 +59,16 @@ class Messaging:
             batch_size=settings.relay_batch_size,
             sweep_interval_s=settings.relay_sweep_interval_s,
             grace_s=settings.relay_grace_s,
+            mark_interval_s=settings.relay_mark_interval_s,
             broadcasts=frozenset(event_name(event) for event in manifest.broadcasts),
         )
         self.consumer = Consumer(
             manifest,
             self.sessionmaker,
             max_attempts=settings.handler_max_attempts,
-            concurrency=settings.db_pool_size,
+            workers=settings.consumer_workers,
+            max_batch=settings.consumer_max_batch,
+            concurrency=settings.consumer_concurrency,
         )
         self.connection: AbstractRobustConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -81,6 +86,7 @@ class Messaging:
         # A task may have died of anything (a SimulatedCrash included): close up all the same.
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.consumer.stop()
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
@@ -176,3 +182,23 @@ class Messaging:
                 depths[name] = queue.declaration_result.message_count or 0
                 metrics.DEAD_LETTER_DEPTH.labels(name).set(depths[name])
         return depths
+
+
+def _drop_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Checking a connection out of the pool: refuse one the server has closed meanwhile (a
+    terminated session, a restarted server), at no round trip.
+
+    An idle session receives nothing but notices; when the server ends it, its socket turns
+    readable and reading it fails. `pool_pre_ping` would catch the same with a `SELECT 1` on every
+    checkout, a round trip in each of the saga's transactions. A connection that dies at any other
+    moment fails its statement: consumers retry the delivery, HTTP answers 503 and clients retry.
+    """
+    pgconn = dbapi_connection.driver_connection.pgconn
+    try:
+        for _ in range(3):
+            readable, _, _ = io_select.select([pgconn.socket], [], [], 0)
+            if not readable:
+                return
+            pgconn.consume_input()
+    except Exception as error:
+        raise exc.DisconnectionError(str(error)) from error

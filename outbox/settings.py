@@ -25,13 +25,25 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     exchange: str = "events"
     host: str = "127.0.0.1"
+    #: Database connections the process keeps open (no overflow: none opened under load).
     db_pool_size: int = 10
+    #: Unacked messages the broker hands each queue's consumer ahead.
     prefetch: int = 64
+    #: Tasks taking batches of ready deliveries, each batch one transaction.
+    consumer_workers: int = 2
+    #: Most deliveries in one transaction.
+    consumer_max_batch: int = 64
+    #: Most consumer transactions at once (batches, and deliveries retried on their own); the
+    #: rest of the pool is left to HTTP requests, the relay and the sweeps.
+    consumer_concurrency: int = 4
     relay_batch_size: int = 256
     relay_sweep_interval_s: float = 1.0
     #: A sweep leaves alone unpublished rows younger than this: a hand-over may be publishing them
     #: (this replica's or another's). Catching up (at start, after a failure) it takes them all.
     relay_grace_s: float = 5.0
+    #: Confirmed hand-overs are marked published this long after their publish, many in one
+    #: statement; well below the grace, so that no sweep takes them meanwhile.
+    relay_mark_interval_s: float = 0.05
     #: Readiness fails while the oldest unpublished outbox row is older than this, though the
     #: database and the broker answer: the relay is stuck (an event nobody may receive, say).
     relay_stuck_after_s: float = 30.0

@@ -1,4 +1,4 @@
-"""Staging events: one call adds an event to the caller's transaction; the relay is woken on commit."""
+"""Staging events: one call adds an event to the caller's transaction; the relay gets it on commit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import NamedTuple, cast
 
 from sqlalchemy import Table, insert
 from sqlalchemy import event as sa_event
@@ -20,8 +21,24 @@ from outbox.tables import OutboxMessage
 _HAND_OVER = "outbox.hand_over"
 _EMITS = "outbox.emits"
 _STAGED = "outbox.staged"
-_ROWS = "outbox.rows"
+_COMMITTING = "outbox.committing"
 _OUTBOX = cast(Table, OutboxMessage.__table__)
+#: Built once. `RETURNING` makes SQLAlchemy send every row of a transaction in one multi-row
+#: INSERT ("insertmanyvalues") rather than one statement per row.
+_INSERT = insert(_OUTBOX).returning(_OUTBOX.c.id)
+
+
+class Staged(NamedTuple):
+    """An event as its transaction stages it: the outbox row it becomes at commit, and what the
+    relay publishes from memory right after that commit (`Relay.hand_over`)."""
+
+    event_id: uuid.UUID
+    event_type: str
+    order_id: uuid.UUID
+    payload: bytes
+    causation_id: uuid.UUID | None
+    traceparent: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +49,8 @@ class Cause:
     traceparent: str | None
 
 
-#: Takes the outbox rows a transaction wrote, right after it committed (`Relay.hand_over`).
-HandOver = Callable[[list[dict[str, Any]]], None]
+#: Takes the events a transaction staged, right after it committed (`Relay.hand_over`).
+HandOver = Callable[[list[Staged]], None]
 
 #: Set by the consumer while a handler runs; unset for HTTP requests.
 current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
@@ -49,30 +66,30 @@ class OutboxSession(Session):
 @sa_event.listens_for(OutboxSession, "before_commit")
 def _insert_staged(session: Session) -> None:
     """The transaction's staged events, as outbox rows: one multi-row INSERT, no ORM objects."""
-    rows = session.info.pop(_ROWS, None)
-    if rows:
-        session.execute(insert(_OUTBOX), rows)
-        session.info[_STAGED] = rows
+    staged: list[Staged] | None = session.info.pop(_STAGED, None)
+    if staged:
+        session.execute(_INSERT, [row._asdict() for row in staged])
+        session.info[_COMMITTING] = staged
 
 
 @sa_event.listens_for(OutboxSession, "after_commit")
 def _hand_over(session: Session) -> None:
     """The rows are committed: the relay may publish them at once, without reading them back."""
-    rows = session.info.pop(_STAGED, None)
-    if rows:
+    staged: list[Staged] | None = session.info.pop(_COMMITTING, None)
+    if staged:
         hand_over: HandOver | None = session.info.get(_HAND_OVER)
         if hand_over is not None:
-            hand_over(rows)
+            hand_over(staged)
 
 
 @sa_event.listens_for(OutboxSession, "after_rollback")
 def _forget_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
-    session.info.pop(_ROWS, None)
+    session.info.pop(_COMMITTING, None)
 
 
 def session_info(hand_over: HandOver, emits: tuple[type[Event], ...]) -> dict[str, object]:
-    """The `info` a service's sessionmaker carries: where committed outbox rows go (the relay's
+    """The `info` a service's sessionmaker carries: where committed events go (the relay's
     `hand_over`), which events it may emit."""
     return {_HAND_OVER: hand_over, _EMITS: frozenset(emits)}
 
@@ -81,23 +98,24 @@ def add(session: AsyncSession, event: Event) -> None:
     """Stage `event` in the session's transaction; it is published only if that transaction commits.
 
     Its outbox row is inserted as the transaction commits, with every other event it staged, in one
-    statement: cheaper than an ORM object per event (see README, Performance). The outgoing message
-    inherits the trace of the message being handled, if any, and records it as its cause. Staging
-    an event the service does not declare in its manifest is a bug.
+    statement (see docs/performance.md). The outgoing message inherits the trace of the message
+    being handled, if any, and records it as its cause. Staging an event the service does not
+    declare in its manifest is a bug.
     """
     emits = session.info.get(_EMITS)
     if emits is not None and type(event) not in emits:
         raise ValueError(f"{event_name(event)} is not in this service's EMITS")
     cause = current_cause.get()
-    session.info.setdefault(_ROWS, []).append(
-        {
-            "event_id": event.event_id,
-            "event_type": event_name(event),
-            "order_id": event.order_id,
-            "payload": encode(event),
-            "causation_id": cause.message_id if cause else None,
-            "traceparent": child_traceparent(cause.traceparent if cause else None),
-        }
+    session.info.setdefault(_STAGED, []).append(
+        Staged(
+            event_id=event.event_id,
+            event_type=event_name(event),
+            order_id=event.order_id,
+            payload=encode(event),
+            causation_id=cause.message_id if cause else None,
+            traceparent=child_traceparent(cause.traceparent if cause else None),
+            created_at=datetime.now(UTC),
+        )
     )
 
 

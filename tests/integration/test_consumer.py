@@ -139,8 +139,8 @@ async def test_a_handler_that_keeps_failing_is_retried_then_dead_lettered(
 ):
     attempts: list[uuid.UUID] = []
 
-    async def record_then_fail(session, event):
-        await probe.record_effect(session, event)
+    def record_then_fail(effects, event):
+        probe.record_effect(effects, event)
         attempts.append(event.event_id)
         raise ConnectionError("the database went away")
 
@@ -166,8 +166,8 @@ async def test_a_handler_that_fails_twice_then_succeeds_acts_once_and_is_not_dea
 ):
     attempts: collections.Counter[uuid.UUID] = collections.Counter()
 
-    async def flaky(session, event):
-        await probe.record_effect(session, event)
+    def flaky(effects, event):
+        probe.record_effect(effects, event)
         attempts[event.event_id] += 1
         if attempts[event.event_id] <= 2:
             raise ConnectionError("the database went away")

@@ -89,11 +89,11 @@ async def test_a_re_driven_message_is_handled_once_even_when_re_driven_twice(
 ):
     attempts: collections.Counter[uuid.UUID] = collections.Counter()
 
-    async def fails_twice_then_works(session, event):
+    def fails_twice_then_works(effects, event):
         attempts[event.event_id] += 1
         if attempts[event.event_id] <= 2:
             raise ConnectionError("the database went away")
-        await probe.record_effect(session, event)
+        probe.record_effect(effects, event)
 
     consumer = await start_service(
         probe.manifest({OrderCreated: fails_twice_then_works}),

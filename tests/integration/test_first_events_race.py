@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import select
 
-from contracts import Item, OrderCancelled, OrderCreated, StockReserved
+from contracts import Event, Item, OrderCancelled, OrderCreated, StockReserved
 from inventory_service.messaging import MANIFEST as INVENTORY
 from inventory_service.models import Product, Reservation
 from inventory_service.settings import Settings as InventorySettings
 from outbox import Manifest, Messaging
 from outbox.consumer import deliver
+from outbox.inbox import Delivery
 from outbox.settings import ServiceSettings
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
@@ -28,19 +29,19 @@ from payment_service.settings import Settings as PaymentSettings
 RACES = 20
 
 
-async def race(manifest: Manifest, messaging: Messaging, *events: object) -> list[bool]:
+async def race(manifest: Manifest, messaging: Messaging, *events: Event) -> list[bool]:
     """Deliver the events concurrently, each exactly once, as two consumers would."""
-    return await asyncio.gather(
+    ran = await asyncio.gather(
         *(
             deliver(
                 messaging.sessionmaker,
-                manifest.queue_for(type(event)),
-                event,
-                manifest.consumes[type(event)],
+                manifest,
+                [Delivery(manifest.queue_for(type(event)), event)],
             )
             for event in events
         )
     )
+    return [first for [first] in ran]
 
 
 async def service(

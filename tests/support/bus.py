@@ -5,8 +5,9 @@ and marks them published, as its relay would. Each event becomes a pending deliv
 service that consumes it, once or more (a re-published or redelivered copy carries the same event
 id). Each copy gets a priority from the caller, and the pending copy of highest priority goes next
 (the oldest among equals), so events arrive in any order, more than once, some of them long after
-they were sent. A delivery is `outbox.consumer.deliver`: inbox claim, handler and outgoing events
-in one transaction, exactly as the real consumer runs it.
+they were sent. Deliveries go through `outbox.consumer.deliver`, one or several to a service in
+one transaction (a batch: inbox claims, the handlers in turn, outgoing events), exactly as the
+real consumer runs them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from contracts import Event, decode, event_name
 from outbox import Manifest
+from outbox import inbox
 from outbox.consumer import deliver
 from outbox.tables import OutboxMessage
 from outbox.writer import OutboxSession, session_info
@@ -130,27 +132,37 @@ class Bus:
                     self.pending.append(replace(delivery, copy=copy, priority=priority))
         return events
 
-    async def deliver_next(self) -> tuple[Delivery, bool]:
-        """Perform the pending delivery of highest priority, then publish what its handler emitted.
+    async def deliver_next(self, together: int = 0) -> list[tuple[Delivery, bool]]:
+        """Perform the pending delivery of highest priority, in one transaction with up to
+        `together` more pending deliveries to the same service (the next ones by priority), as
+        a consumer batches what is ready; then publish what the handlers emitted.
 
-        Returns the delivery and whether its handler ran (False: a duplicate, skipped by the inbox).
+        Returns each delivery and whether its handler ran (False: a duplicate, skipped by the inbox).
         """
-        first = max(range(len(self.pending)), key=lambda i: (self.pending[i].priority, -i))
-        delivery = self.pending.pop(first)
-        handler = delivery.service.manifest.consumes[type(delivery.event)]
+        batch = [self._take(lambda _: True)]
+        service = batch[0].service
+        for _ in range(together):
+            if not any(d.service is service for d in self.pending):
+                break
+            batch.append(self._take(lambda d: d.service is service))
         ran = await deliver(
-            delivery.service.sessionmaker,
-            delivery.consumer,
-            delivery.event,
-            handler,
-            emitted_by=delivery.emitted_by,
+            service.sessionmaker,
+            service.manifest,
+            [inbox.Delivery(d.consumer, d.event, d.emitted_by) for d in batch],
         )
-        self.delivered += 1
-        if ran:
-            self.handled[delivery.consumer, delivery.event.event_id] += 1
-            self.journal.append(f"handled {delivery.consumer}")
+        self.delivered += len(batch)
+        for delivery, new in zip(batch, ran, strict=True):
+            if new:
+                self.handled[delivery.consumer, delivery.event.event_id] += 1
+                self.journal.append(f"handled {delivery.consumer}")
         await self.relay()
-        return delivery, ran
+        return list(zip(batch, ran, strict=True))
+
+    def _take(self, which: Callable[[Delivery], bool]) -> Delivery:
+        """The pending delivery of highest priority among `which` (the oldest among equals)."""
+        candidates = [i for i, delivery in enumerate(self.pending) if which(delivery)]
+        first = max(candidates, key=lambda i: (self.pending[i].priority, -i))
+        return self.pending.pop(first)
 
     def expected_deliveries(self) -> set[tuple[str, uuid.UUID]]:
         """(consumer, event_id) of every emitted event for every service that consumes it."""

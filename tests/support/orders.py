@@ -7,6 +7,7 @@ import uuid
 from contracts import Item, OrderCreated, StockReserved
 from order_service import handlers
 from order_service.models import Order
+from order_service.store import Orders
 from outbox import Messaging
 
 
@@ -17,7 +18,10 @@ async def place_order(
 ) -> tuple[Order, OrderCreated]:
     """What `POST /orders` does: the order and its OrderCreated, committed together."""
     async with messaging.sessionmaker() as session, session.begin():
-        return handlers.place_order(session, customer_id, items, 300.0)
+        orders = Orders(session)
+        placed = handlers.place_order(orders, customer_id, items, 300.0)
+        await orders.save()
+    return placed
 
 
 def stock_reserved(order: Order, unit_price_cents: int = 1250) -> StockReserved:

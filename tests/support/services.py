@@ -67,10 +67,11 @@ async def stop_messaging(messaging: Messaging) -> None:
 def crashed(messaging: Messaging) -> bool:
     """True once one of the messaging's tasks died of a `SimulatedCrash` (an armed crash point).
 
-    Reads `Messaging._tasks`: outbox offers no public way to see that a task died."""
+    Reads `Messaging._tasks` and its consumer's: outbox offers no public way to see that a task
+    died."""
     return any(
         task.done() and not task.cancelled() and isinstance(task.exception(), SimulatedCrash)
-        for task in messaging._tasks
+        for task in [*messaging._tasks, *messaging.consumer._tasks]
     )
 
 

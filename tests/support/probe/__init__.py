@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, String, func, select
+from sqlalchemy import BigInteger, DateTime, String, func, insert, select
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts import Event, event_name
 from outbox import Handler, Manifest, ServiceSettings, local_database_url
+from outbox.unit import Unit
 
 SERVICE = "probe_service"
 MIGRATIONS = __name__  # for outbox.migrations.upgrade
@@ -47,9 +48,22 @@ class Effect(Base):
     )
 
 
-async def record_effect(session: AsyncSession, event: Event) -> None:
-    session.add(
-        Effect(message_id=event.event_id, event_type=event_name(event), order_id=event.order_id)
+class Effects(Unit):
+    """What a probe transaction writes: one effect per handler run, inserted before it commits."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        self.recorded: list[dict[str, object]] = []
+
+    async def save(self) -> None:
+        if self.recorded:
+            await self.session.execute(insert(Effect.__table__), self.recorded)
+            self.recorded.clear()
+
+
+def record_effect(effects: Effects, event: Event) -> None:
+    effects.recorded.append(
+        {"message_id": event.event_id, "event_type": event_name(event), "order_id": event.order_id}
     )
 
 
@@ -58,7 +72,7 @@ def manifest(
     emits: tuple[type[Event], ...] = (),
     broadcasts: tuple[type[Event], ...] = (),
 ) -> Manifest:
-    return Manifest(SERVICE, consumes, emits, broadcasts)
+    return Manifest(SERVICE, consumes, emits, broadcasts, unit=Effects)
 
 
 async def effects(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Effect]:

@@ -1,0 +1,75 @@
+"""How order_service keeps its orders: those one transaction works on, loaded and locked together
+up front, written back together in one statement (`outbox.unit`)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Self
+
+from sqlalchemy import ARRAY, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from contracts import Event
+from order_service.models import Order, Status
+from outbox.unit import Rows, Unit, ids
+
+_ORDERS = Order.__table__.c
+#: Built once. In order id order, so that two transactions locking the same orders take turns.
+_LOCK = (
+    select(*_ORDERS)
+    .where(_ORDERS.order_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
+    .order_by(_ORDERS.order_id)
+    .with_for_update()
+)
+#: Open orders past their deadline, oldest deadline first; several sweepers share them out
+#: (`SKIP LOCKED`). A partial index on open orders keeps the query cheap when none is overdue.
+_OVERDUE = (
+    select(*_ORDERS)
+    .where(
+        _ORDERS.status.in_([Status.PENDING, Status.RESERVED]),
+        _ORDERS.deadline_at < bindparam("now"),
+    )
+    .order_by(_ORDERS.deadline_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+class Orders(Unit):
+    """The orders one transaction works on, each locked (`FOR UPDATE`), so that the events,
+    requests and sweeps that concern one order take turns."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        super().__init__(session)
+        self.rows = Rows(Order)
+
+    @classmethod
+    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
+        return await cls.lock(session, ids(events))
+
+    @classmethod
+    async def lock(cls, session: AsyncSession, order_ids: Iterable[uuid.UUID]) -> Self:
+        orders = cls(session)
+        await orders.rows.load(session, _LOCK, {"ids": sorted(order_ids)})
+        return orders
+
+    @classmethod
+    async def overdue(cls, session: AsyncSession, limit: int) -> tuple[Self, list[Order]]:
+        """Up to `limit` open orders past their deadline, locked; none that another sweeper holds."""
+        orders = cls(session)
+        found = await orders.rows.load(
+            session, _OVERDUE, {"now": datetime.now(UTC), "limit": limit}
+        )
+        return orders, found
+
+    def find(self, order_id: uuid.UUID) -> Order | None:
+        return self.rows.get(order_id)
+
+    def add(self, order: Order) -> Order:
+        return self.rows.add(order)
+
+    async def save(self) -> None:
+        await self.rows.save(self.session)
