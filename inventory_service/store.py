@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderCreated
 from inventory_service.models import Product, Reservation
+from outbox.transaction import compiled
 from outbox.unit import Rows, Unit, ids
 
 _RESERVATIONS = Reservation.__table__.c
@@ -20,13 +21,13 @@ _PRODUCTS = Product.__table__.c
 #: Built once. Reservations first (one per order, each order already locked by the inbox claim),
 #: then products in sku order: every transaction takes its locks in that order, so two of them
 #: that need the same products take turns instead of deadlocking.
-_LOCK_RESERVATIONS = (
+_LOCK_RESERVATIONS = compiled(
     select(*_RESERVATIONS)
     .where(_RESERVATIONS.order_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
     .order_by(_RESERVATIONS.order_id)
     .with_for_update()
 )
-_LOCK_PRODUCTS = (
+_LOCK_PRODUCTS = compiled(
     select(*_PRODUCTS)
     .where(_PRODUCTS.sku == any_(bindparam("skus", type_=ARRAY(String))))
     .order_by(_PRODUCTS.sku)
@@ -71,7 +72,3 @@ class Stock(Unit):
             if product is not None:
                 found[sku] = product
         return found
-
-    async def save(self) -> None:
-        await self.reservations.save(self.session)
-        await self.products.save(self.session)

@@ -6,21 +6,17 @@ from __future__ import annotations
 from typing import cast
 
 from sqlalchemy import Table
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
+from outbox import transaction
+from outbox.transaction import BulkInsert
 from outbox.unit import Unit
 
-_NOTIFICATIONS = cast(Table, Notification.__table__)
-_COLUMNS = tuple(column.name for column in _NOTIFICATIONS.columns)
 #: Built once. An event already notified is skipped (`ON CONFLICT DO NOTHING` on its id): a safety
-#: net beyond the inbox that costs no aborted transaction. `RETURNING` makes it one statement
-#: for the whole batch.
-_INSERT = (
-    insert(_NOTIFICATIONS)
-    .on_conflict_do_nothing(index_elements=[_NOTIFICATIONS.c.source_event_id])
-    .returning(_NOTIFICATIONS.c.notification_id)
+#: net beyond the inbox that costs no aborted transaction.
+_INSERT = BulkInsert(
+    cast(Table, Notification.__table__), "ON CONFLICT (source_event_id) DO NOTHING"
 )
 
 
@@ -36,6 +32,9 @@ class Outgoing(Unit):
 
     async def save(self) -> None:
         if self.notifications:
-            rows = [{c: getattr(n, c) for c in _COLUMNS} for n in self.notifications]
-            await self.session.execute(_INSERT, rows)
+            rows = [{c: getattr(n, c) for c in _INSERT.columns} for n in self.notifications]
+            await transaction.execute(self.session, _INSERT.sql, _INSERT.params(rows))
             self.notifications.clear()
+
+    def unsaved(self) -> bool:
+        return bool(self.notifications)

@@ -88,7 +88,6 @@ class OrderController(Controller):
             [(line.sku, line.quantity) for line in data.items],
             state.settings.order_timeout_s,
         )
-        await orders.save()
         body = OrderOut.of(order)
         location = f"/orders/{order.order_id}"
         if idempotency_key is not None:

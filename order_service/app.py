@@ -13,6 +13,7 @@ from order_service.messaging import MANIFEST
 from order_service.settings import Settings
 from outbox import Messaging
 from outbox.http import create_service_app
+from outbox.unit import begin
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def sweep_deadlines() -> None:
         while True:
             try:
-                async with messaging.sessionmaker() as session, session.begin():
+                async with begin(messaging.sessionmaker) as session:
                     cancelled = await handlers.cancel_overdue(session)
             except Exception:
                 log.warning("deadline sweep failed", exc_info=True)

@@ -95,7 +95,6 @@ async def cancel_order(session: AsyncSession, order_id: uuid.UUID) -> tuple[Orde
     orders = await Orders.lock(session, [order_id])
     order = orders.find(order_id)
     changed = order is not None and cancel(orders, order, "customer_request")
-    await orders.save()
     return order, changed
 
 
@@ -107,7 +106,6 @@ async def cancel_overdue(session: AsyncSession, limit: int = 100) -> int:
     orders, overdue = await Orders.overdue(session, limit)
     for order in overdue:
         cancel(orders, order, "timeout")
-    await orders.save()
     return len(overdue)
 
 

@@ -5,32 +5,33 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Self
 
-from sqlalchemy import ARRAY, any_, bindparam, select
+from sqlalchemy import ARRAY, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event
 from order_service.models import Order, Status
+from outbox.transaction import compiled
 from outbox.unit import Rows, Unit, ids
 
 _ORDERS = Order.__table__.c
 #: Built once. In order id order, so that two transactions locking the same orders take turns.
-_LOCK = (
+_LOCK = compiled(
     select(*_ORDERS)
     .where(_ORDERS.order_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
     .order_by(_ORDERS.order_id)
     .with_for_update()
 )
 #: Open orders past their deadline, oldest deadline first; several sweepers share them out
-#: (`SKIP LOCKED`). A partial index on open orders keeps the query cheap when none is overdue.
-_OVERDUE = (
+#: (`SKIP LOCKED`). A partial index on open orders keeps the query cheap when none is overdue: the
+#: statuses are written out, so that the planner sees the index's own predicate.
+_OVERDUE = compiled(
     select(*_ORDERS)
     .where(
-        _ORDERS.status.in_([Status.PENDING, Status.RESERVED]),
-        _ORDERS.deadline_at < bindparam("now"),
+        _ORDERS.status.in_([literal_column(f"'{s}'") for s in (Status.PENDING, Status.RESERVED)]),
+        _ORDERS.deadline_at < func.now(),
     )
     .order_by(_ORDERS.deadline_at)
     .limit(bindparam("limit"))
@@ -60,9 +61,7 @@ class Orders(Unit):
     async def overdue(cls, session: AsyncSession, limit: int) -> tuple[Self, list[Order]]:
         """Up to `limit` open orders past their deadline, locked; none that another sweeper holds."""
         orders = cls(session)
-        found = await orders.rows.load(
-            session, _OVERDUE, {"now": datetime.now(UTC), "limit": limit}
-        )
+        found = await orders.rows.load(session, _OVERDUE, {"limit": limit})
         return orders, found
 
     def find(self, order_id: uuid.UUID) -> Order | None:
@@ -70,6 +69,3 @@ class Orders(Unit):
 
     def add(self, order: Order) -> Order:
         return self.rows.add(order)
-
-    async def save(self) -> None:
-        await self.rows.save(self.session)

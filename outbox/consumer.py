@@ -36,6 +36,7 @@ from outbox.faults import crash_point
 from outbox.inbox import Delivery
 from outbox.manifest import Manifest
 from outbox.topology import declare_queues
+from outbox.unit import begin
 from outbox.writer import Cause, current_cause
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,12 @@ async def deliver(
     deliveries: Sequence[Delivery],
 ) -> list[bool]:
     """Handle deliveries in one transaction: inbox claims, the service's unit loaded for the
-    claimed ones, their handlers in turn, the unit saved, the outbox rows. For each delivery,
-    False if it was a duplicate.
+    claimed ones, their handlers in turn; then the unit's writes, the outbox rows and the commit
+    in one round trip. For each delivery, False if it was a duplicate.
 
     The consumer calls this for every batch; tests call it to deliver events in any order.
     """
-    async with sessionmaker() as session, session.begin():
+    async with begin(sessionmaker) as session:
         first = await inbox.claim(session, deliveries)
         todo = [delivery for delivery, new in zip(deliveries, first, strict=True) if new]
         if todo:
@@ -93,7 +94,6 @@ async def deliver(
                     manifest.consumes[type(delivery.event)](unit, delivery.event)
                 finally:
                     current_cause.reset(token)
-            await unit.save()
         crash_point("consumer.before_commit")
     return first
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from typing import Any
 
 import msgspec
+import psycopg
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -29,6 +30,7 @@ from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.settings import ServiceSettings
 from outbox.tables import IdempotencyKey
+from outbox.unit import begin
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,12 @@ async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None
     """One transaction per request, committed after the handler returns and before the response
     is sent; an integrity error (a duplicate key) becomes 409."""
     messaging: Messaging = state.messaging
-    async with messaging.sessionmaker() as session:
-        try:
-            async with session.begin():
-                yield session
-        except IntegrityError as exc:
-            raise ClientException(status_code=409, detail="conflicts with existing data") from exc
-        crash_point("http.after_commit")
+    try:
+        async with begin(messaging.sessionmaker) as session:
+            yield session
+    except (IntegrityError, psycopg.IntegrityError) as exc:
+        raise ClientException(status_code=409, detail="conflicts with existing data") from exc
+    crash_point("http.after_commit")
 
 
 class Health(msgspec.Struct, omit_defaults=True):
@@ -196,6 +197,7 @@ def create_service_app(
         ),
         exception_handlers={
             DBAPIError: _database_unavailable,
+            psycopg.OperationalError: _database_unavailable,
             PoolTimeoutError: _database_unavailable,
             RecursionError: _too_deeply_nested,
             Exception: _internal_error,

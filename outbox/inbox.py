@@ -7,40 +7,34 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
-from sqlalchemy import BigInteger, Table, bindparam, func, literal_column
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, event_name
+from outbox import transaction
 from outbox.tables import InboxMessage
+from outbox.transaction import BulkInsert
 
 _INBOX = cast(Table, InboxMessage.__table__)
-_COLUMNS = ("consumer", "message_id", "event_type", "order_id", "emitted_by")
 
 
 def lock_key(order_id: uuid.UUID) -> int:
     """The key of an order's advisory lock: the first 64 bits of its id, as PostgreSQL's bigint.
 
-    Computed the same way on both sides (`_ORDER_LOCK`), so that a batch can sort its deliveries
-    into the order in which the database will take their locks."""
+    Computed the same way on both sides (`_CLAIM`), so that a batch can sort its deliveries into
+    the order in which the database will take their locks."""
     return int.from_bytes(order_id.bytes[:8], "big", signed=True)
 
 
-#: `lock_key` in SQL: the first 16 hex digits of the uuid, read as a signed 64-bit integer.
-_ORDER_LOCK = func.pg_advisory_xact_lock(
-    literal_column("('x' || left(replace(inbox.order_id::text, '-', ''), 16))::bit(64)").cast(
-        BigInteger
-    )
-)
-
-#: Built once: a plain Core statement with bound parameters, sent as one multi-row INSERT for the
-#: whole batch. `RETURNING` runs for each row it inserted, as it inserts it: a new message takes
-#: its order's lock, a duplicate takes nothing and waits for nobody.
-_CLAIM = (
-    insert(_INBOX)
-    .values({name: bindparam(name) for name in _COLUMNS})
-    .on_conflict_do_nothing()
-    .returning(_INBOX.c.consumer, _INBOX.c.message_id, _ORDER_LOCK)
+#: Built once, for any number of deliveries: the rows go in the order given, and `RETURNING` runs
+#: for each row it inserted, as it inserts it: a new message takes its order's lock (`lock_key` in
+#: SQL: the id's first 16 hex digits as a signed 64-bit integer), a duplicate takes nothing and
+#: waits for nobody.
+_CLAIM = BulkInsert(
+    cast(Table, InboxMessage.__table__),
+    "ON CONFLICT DO NOTHING RETURNING consumer, message_id, pg_advisory_xact_lock("
+    "('x' || left(replace(order_id::text, '-', ''), 16))::bit(64)::bigint)",
+    exclude=("handled_at",),
 )
 
 
@@ -90,8 +84,8 @@ async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> list[bool]
                 "emitted_by": emitted_by,
             }
         )
-    result = await session.execute(_CLAIM, rows)
-    claimed = {(row.consumer, row.message_id) for row in result}
+    result = await transaction.rows(session, _CLAIM.sql, _CLAIM.params(rows))
+    claimed = {(row["consumer"], row["message_id"]) for row in result}
     first: list[bool] = []
     taken: set[tuple[str, uuid.UUID]] = set()
     for consumer, event, *_ in claims:

@@ -1,28 +1,31 @@
 """What one transaction works on: a service's rows, loaded and locked together up front, changed in
-memory by its handlers, and written back together; and the events those handlers emit.
+memory by its handlers, and written back together at commit; and the events those handlers emit.
 
 A consumer hands a batch of deliveries to one transaction. Loading every row the batch needs with
 one statement per table, in one lock order, and writing back with one statement per table, keeps
 a transaction at a handful of round trips however many deliveries it carries, and lets two batches
 that share rows never deadlock. SQLAlchemy's ORM unit of work would do the same bookkeeping at
 several times the CPU per row (docs/performance.md): the models are still the ORM's declarative
-classes, used here as plain objects with their state transitions, and every statement is Core.
+classes, used here as plain objects with their state transitions, and every statement is built
+once and sent straight to psycopg (`outbox.transaction`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import msgspec
-from sqlalchemy import Executable, Table
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event
-from outbox.writer import add
+from outbox import transaction
+from outbox.transaction import BulkInsert
+from outbox.writer import add, insert_staged
 
 M = TypeVar("M")
 
@@ -31,12 +34,14 @@ class Unit:
     """Base of each service's unit: the session of the transaction, and `emit` for its events.
 
     A service's unit names what it holds (`Stock.reservations`, `Stock.products`), loads it in
-    `load` for the events of a batch, and writes it back in `save`. Handlers take the unit and one
-    event, change models, and `emit` what they decided; they never touch the database.
+    `load` for the events of a batch, and writes it back in `save`, which `commit` calls. Handlers
+    take the unit and one event, change models, and `emit` what they decided; they never touch the
+    database.
     """
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
+        transaction.register(session, self)
 
     @classmethod
     async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
@@ -45,7 +50,14 @@ class Unit:
         return cls(session)
 
     async def save(self) -> None:
-        """Write back what the handlers changed or added. This base has nothing to write."""
+        """Write back what the handlers changed or added: each `Rows` of the unit, in the order
+        they were declared. `commit` calls it."""
+        for rows in vars(self).values():
+            if isinstance(rows, Rows):
+                await rows.save(self.session)
+
+    def unsaved(self) -> bool:
+        return any(isinstance(rows, Rows) and rows.changed() for rows in vars(self).values())
 
     def emit(self, event: Event) -> None:
         """Stage `event` in this transaction's outbox: published once the transaction commits."""
@@ -60,32 +72,31 @@ class Rows(Generic[M]):
 
     def __init__(self, model: type[M]) -> None:
         self._model = model
-        self._table = cast(Table, model.__table__)  # type: ignore[attr-defined]
-        self._columns = tuple(column.name for column in self._table.columns)
-        self._key = tuple(column.name for column in self._table.primary_key)
+        table = cast(Table, model.__table__)  # type: ignore[attr-defined]
+        self._upsert = _upsert(table)
+        self._columns = self._upsert.columns
+        self._key = tuple(column.name for column in table.primary_key)
         self._objects: dict[Any, M] = {}
         #: What each loaded row held, to tell which ones a handler changed.
         self._loaded: dict[Any, bytes] = {}
 
     async def load(
-        self, session: AsyncSession, statement: Executable, params: dict[str, Any] | None = None
+        self, session: AsyncSession, sql: str, params: Mapping[str, Any] | None = None
     ) -> list[M]:
-        """Run `statement` (a Core select of this table's columns) and keep its rows as models."""
+        """Run `sql` (a select of this table's columns, `transaction.compiled`) and keep its rows
+        as models; returns them."""
         found = []
-        for row in await session.execute(statement, params or {}):
-            values = row._asdict()
+        for values in await transaction.rows(session, sql, params):
             key = self._key_of(values)
-            if key in self._objects:
-                found.append(self._objects[key])
-                continue
-            model = self._model(**values)
-            self._objects[key] = model
-            self._loaded[key] = self._snapshot(model)
-            found.append(model)
+            if key not in self._objects:
+                model = self._model(**values)
+                self._objects[key] = model
+                self._loaded[key] = self._snapshot(model)
+            found.append(self._objects[key])
         return found
 
-    def get(self, *key: Any) -> M | None:
-        return self._objects.get(key[0] if len(key) == 1 else key)
+    def get(self, key: Any) -> M | None:
+        return self._objects.get(key)
 
     def add(self, model: M) -> M:
         """A new row, inserted by `save`."""
@@ -97,22 +108,22 @@ class Rows(Generic[M]):
 
     def changed(self) -> list[dict[str, Any]]:
         """The rows to write: new ones, and loaded ones whose values changed."""
-        rows = []
-        for key, model in self._objects.items():
-            if self._loaded.get(key) != self._snapshot(model):
-                rows.append({name: getattr(model, name) for name in self._columns})
-        return rows
+        return [
+            {name: getattr(model, name) for name in self._columns}
+            for key, model in self._objects.items()
+            if self._loaded.get(key) != self._snapshot(model)
+        ]
 
     async def save(self, session: AsyncSession) -> int:
         """Upsert the changed rows in one statement; returns how many."""
         rows = self.changed()
         if rows:
-            await session.execute(_upsert(self._table), rows)
+            await transaction.execute(session, self._upsert.sql, self._upsert.params(rows))
             for key, model in self._objects.items():
                 self._loaded[key] = self._snapshot(model)
         return len(rows)
 
-    def _key_of(self, values: dict[str, Any]) -> Any:
+    def _key_of(self, values: Mapping[str, Any]) -> Any:
         key = tuple(values[name] for name in self._key)
         return key[0] if len(key) == 1 else key
 
@@ -122,15 +133,29 @@ class Rows(Generic[M]):
 
 
 @functools.cache
-def _upsert(table: Table) -> Executable:
-    """`INSERT … ON CONFLICT (key) DO UPDATE` of every column, built once per table. `RETURNING`
-    makes SQLAlchemy send all rows in one multi-row statement rather than one per row."""
-    statement = insert(table)
-    key = [column.name for column in table.primary_key]
-    return statement.on_conflict_do_update(
-        index_elements=key,
-        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in key},
-    ).returning(*table.primary_key.columns)
+def _upsert(table: Table) -> BulkInsert:
+    return BulkInsert.upsert(table)
+
+
+@contextlib.asynccontextmanager
+async def begin(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A transaction of the saga's hot path: its units and events are written back, and it
+    commits, in one round trip (`commit`); it rolls back if the body raises."""
+    async with sessionmaker() as session, session.begin():
+        yield session
+        await commit(session)
+
+
+async def commit(session: AsyncSession) -> None:
+    """Write back the transaction's units, insert its staged events as outbox rows, and commit,
+    all in one round trip. The session's own commit, after this, hands the events to the relay."""
+    await session.flush()  # ORM changes (the HTTP API's), if any, go first
+    pg = await transaction.connection(session)
+    async with pg.pipeline():
+        for unit in transaction.units(session):
+            await unit.save()
+        await insert_staged(session)
+        await pg.commit()
 
 
 def ids(events: Sequence[Event]) -> list[uuid.UUID]:

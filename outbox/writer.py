@@ -13,19 +13,20 @@ from typing import NamedTuple, cast
 from sqlalchemy import Table, insert
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from contracts import Event, encode, event_name
+from outbox import transaction
 from outbox.tables import OutboxMessage
+from outbox.transaction import BulkInsert
 
 _HAND_OVER = "outbox.hand_over"
 _EMITS = "outbox.emits"
 _STAGED = "outbox.staged"
 _COMMITTING = "outbox.committing"
 _OUTBOX = cast(Table, OutboxMessage.__table__)
-#: Built once. `RETURNING` makes SQLAlchemy send every row of a transaction in one multi-row
-#: INSERT ("insertmanyvalues") rather than one statement per row.
-_INSERT = insert(_OUTBOX).returning(_OUTBOX.c.id)
+#: Built once: every event of a transaction in one statement, whatever their number.
+_INSERT = BulkInsert(_OUTBOX, exclude=("id", "published_at"))
 
 
 class Staged(NamedTuple):
@@ -63,13 +64,29 @@ class OutboxSession(Session):
     relay."""
 
 
-@sa_event.listens_for(OutboxSession, "before_commit")
-def _insert_staged(session: Session) -> None:
-    """The transaction's staged events, as outbox rows: one multi-row INSERT, no ORM objects."""
+async def insert_staged(session: AsyncSession) -> None:
+    """The transaction's staged events, as outbox rows: one statement, sent before the commit."""
     staged: list[Staged] | None = session.info.pop(_STAGED, None)
     if staged:
-        session.execute(_INSERT, [row._asdict() for row in staged])
-        session.info[_COMMITTING] = staged
+        await transaction.execute(
+            session, _INSERT.sql, _INSERT.params([s._asdict() for s in staged])
+        )
+        session.info.setdefault(_COMMITTING, []).extend(staged)
+
+
+@sa_event.listens_for(OutboxSession, "before_commit")
+def _before_commit(session: Session) -> None:
+    """A session committed without `outbox.unit.commit` (a test, a tool): its staged events still
+    become outbox rows, through SQLAlchemy; a unit it did not save is a bug."""
+    for unit in transaction.units(session):
+        if unit.unsaved():
+            raise RuntimeError(
+                f"{type(unit).__name__} changed but not saved: commit with outbox.commit"
+            )
+    staged: list[Staged] | None = session.info.pop(_STAGED, None)
+    if staged:
+        session.execute(insert(_OUTBOX), [row._asdict() for row in staged])
+        session.info.setdefault(_COMMITTING, []).extend(staged)
 
 
 @sa_event.listens_for(OutboxSession, "after_commit")
@@ -86,6 +103,12 @@ def _hand_over(session: Session) -> None:
 def _forget_staged(session: Session) -> None:
     session.info.pop(_STAGED, None)
     session.info.pop(_COMMITTING, None)
+
+
+@sa_event.listens_for(OutboxSession, "after_transaction_end")
+def _forget_transaction(session: Session, ended: SessionTransaction) -> None:
+    if ended.parent is None:  # the transaction itself, not a flush inside it
+        transaction.forget(session)
 
 
 def session_info(hand_over: HandOver, emits: tuple[type[Event], ...]) -> dict[str, object]:

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderCancelled, StockReserved
+from outbox.transaction import compiled
 from outbox.unit import Rows, Unit, ids
 from payment_service.models import Account, Payment
 
@@ -20,13 +21,13 @@ _ACCOUNTS = Account.__table__.c
 #: Built once. Payments first (one per order, each order already locked by the inbox claim), then
 #: accounts in customer order: every transaction takes its locks in that order, so two of them
 #: that charge or refund the same customer take turns instead of deadlocking.
-_LOCK_PAYMENTS = (
+_LOCK_PAYMENTS = compiled(
     select(*_PAYMENTS)
     .where(_PAYMENTS.order_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
     .order_by(_PAYMENTS.order_id)
     .with_for_update()
 )
-_LOCK_ACCOUNTS = (
+_LOCK_ACCOUNTS = compiled(
     select(*_ACCOUNTS)
     .where(_ACCOUNTS.customer_id == any_(bindparam("customers", type_=ARRAY(String))))
     .order_by(_ACCOUNTS.customer_id)
@@ -58,7 +59,3 @@ class Ledger(Unit):
 
     def account(self, customer_id: str) -> Account | None:
         return self.accounts.get(customer_id)
-
-    async def save(self) -> None:
-        await self.payments.save(self.session)
-        await self.accounts.save(self.session)

@@ -46,6 +46,7 @@ from order_service.models import Order
 from order_service.store import Orders
 from outbox.migrations import upgrade
 from outbox.tables import InboxMessage, OutboxMessage
+from outbox.unit import begin
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
 from tests.support.bus import Bus, Delivery, Service
@@ -262,10 +263,8 @@ async def set_up(services: dict[str, Service], scenario: Scenario) -> World:
             if balance > 0:
                 session.add(account.deposit(balance))
     lines = [(skus[shelf], quantity) for shelf, quantity in scenario.lines]
-    async with services[ORDER.service].sessionmaker.begin() as session:
-        orders = Orders(session)
-        order, _ = order_handlers.place_order(orders, customer_id, lines, 30.0)
-        await orders.save()
+    async with begin(services[ORDER.service].sessionmaker) as session:
+        order, _ = order_handlers.place_order(Orders(session), customer_id, lines, 30.0)
     return World(skus, customer_id, order.order_id)
 
 
@@ -274,7 +273,7 @@ async def set_up(services: dict[str, Service], scenario: Scenario) -> World:
 
 async def cancel_by_customer(order_service: Service, order_id: uuid.UUID) -> None:
     """What `POST /orders/{id}/cancel` does."""
-    async with order_service.sessionmaker.begin() as session:
+    async with begin(order_service.sessionmaker) as session:
         order, _ = await order_handlers.cancel_order(session, order_id)
         assert order is not None
 
@@ -287,7 +286,7 @@ async def pass_deadline(order_service: Service, order_id: uuid.UUID) -> None:
             .where(Order.order_id == order_id)
             .values(deadline_at=func.now() - timedelta(seconds=1))
         )
-    async with order_service.sessionmaker.begin() as session:
+    async with begin(order_service.sessionmaker) as session:
         await order_handlers.cancel_overdue(session)
 
 

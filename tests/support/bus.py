@@ -22,8 +22,7 @@ from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from contracts import Event, decode, event_name
-from outbox import Manifest
-from outbox import inbox
+from outbox import Manifest, inbox
 from outbox.consumer import deliver
 from outbox.tables import OutboxMessage
 from outbox.writer import OutboxSession, session_info

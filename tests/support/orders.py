@@ -9,6 +9,7 @@ from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
 from outbox import Messaging
+from outbox.unit import begin
 
 
 async def place_order(
@@ -17,11 +18,8 @@ async def place_order(
     items: tuple[tuple[str, int], ...] = (("widget", 2),),
 ) -> tuple[Order, OrderCreated]:
     """What `POST /orders` does: the order and its OrderCreated, committed together."""
-    async with messaging.sessionmaker() as session, session.begin():
-        orders = Orders(session)
-        placed = handlers.place_order(orders, customer_id, items, 300.0)
-        await orders.save()
-    return placed
+    async with begin(messaging.sessionmaker) as session:
+        return handlers.place_order(Orders(session), customer_id, items, 300.0)
 
 
 def stock_reserved(order: Order, unit_price_cents: int = 1250) -> StockReserved:

@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, String, func, insert, select
+from sqlalchemy import BigInteger, DateTime, String, func, select
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts import Event, event_name
-from outbox import Handler, Manifest, ServiceSettings, local_database_url
+from outbox import Handler, Manifest, ServiceSettings, local_database_url, transaction
+from outbox.transaction import BulkInsert
 from outbox.unit import Unit
 
 SERVICE = "probe_service"
@@ -48,6 +49,9 @@ class Effect(Base):
     )
 
 
+_RECORD = BulkInsert(Effect.__table__, exclude=("id", "recorded_at"))
+
+
 class Effects(Unit):
     """What a probe transaction writes: one effect per handler run, inserted before it commits."""
 
@@ -57,8 +61,11 @@ class Effects(Unit):
 
     async def save(self) -> None:
         if self.recorded:
-            await self.session.execute(insert(Effect.__table__), self.recorded)
+            await transaction.execute(self.session, _RECORD.sql, _RECORD.params(self.recorded))
             self.recorded.clear()
+
+    def unsaved(self) -> bool:
+        return bool(self.recorded)
 
 
 def record_effect(effects: Effects, event: Event) -> None:

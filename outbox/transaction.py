@@ -1,0 +1,115 @@
+"""A service's transactions, on the psycopg connection under its SQLAlchemy session.
+
+The statements of the saga's hot path (inbox claims, the units' loads and writes, the outbox rows)
+are built once with SQLAlchemy Core or from the tables' metadata, compiled once, and sent straight
+to psycopg: SQLAlchemy's execution machinery costs more CPU per statement than the statement
+itself (docs/performance.md). `outbox.unit.commit` sends the units' writes, the outbox rows and
+the `COMMIT` together, in one round trip (psycopg's pipeline mode). The session still owns the connection and
+the transaction: ORM reads and writes of the HTTP API share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ClauseElement
+
+_DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+_CONNECTION = "outbox.connection"
+_UNITS = "outbox.units"
+
+
+class Saves(Protocol):
+    """What a transaction writes back at commit (a service's unit of rows)."""
+
+    async def save(self) -> None: ...
+
+    def unsaved(self) -> bool: ...
+
+
+def compiled(statement: ClauseElement) -> str:
+    """A Core statement as SQL for psycopg, with `%(name)s` parameters: compile it once, at import."""
+    return str(statement.compile(dialect=_DIALECT))
+
+
+async def connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection of the session's transaction (checked out, and begun, if need be)."""
+    found: psycopg.AsyncConnection[Any] | None = session.info.get(_CONNECTION)
+    if found is None:
+        raw = await (await session.connection()).get_raw_connection()
+        found = session.info[_CONNECTION] = raw.driver_connection
+        assert found is not None
+    return found
+
+
+async def rows(
+    session: AsyncSession, sql: str, params: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The rows a statement returns, as dicts by column name."""
+    pg = await connection(session)
+    async with pg.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(sql, params)
+        return await cursor.fetchall()
+
+
+async def execute(session: AsyncSession, sql: str, params: Mapping[str, Any]) -> None:
+    """Send a statement whose result nobody reads: inside `commit`, it waits for the commit."""
+    pg = await connection(session)
+    await pg.execute(sql, params)
+
+
+class BulkInsert:
+    """`INSERT … SELECT * FROM unnest(…)` of a table's columns: any number of rows in one
+    statement, one array per column, the rows inserted in the order given. One SQL text for every
+    batch size, so psycopg prepares it once per connection."""
+
+    def __init__(self, table: Table, tail: str = "", exclude: Iterable[str] = ()) -> None:
+        self.table = table
+        columns = [column for column in table.columns if column.name not in set(exclude)]
+        self.columns = tuple(column.name for column in columns)
+        self._jsonb = {column.name for column in columns if isinstance(column.type, JSONB)}
+        arrays = ", ".join(
+            f"%({column.name})s::{column.type.compile(dialect=_DIALECT)}[]" for column in columns
+        )
+        self.sql = (
+            f"INSERT INTO {table.name} ({', '.join(self.columns)}) "
+            f"SELECT * FROM unnest({arrays}) {tail}"
+        )
+
+    @classmethod
+    def upsert(cls, table: Table) -> BulkInsert:
+        """New rows inserted, existing ones (by primary key) overwritten with the given values."""
+        key = [column.name for column in table.primary_key]
+        updates = ", ".join(
+            f"{c.name} = excluded.{c.name}" for c in table.columns if c.name not in key
+        )
+        return cls(table, f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        return {
+            name: [Jsonb(row[name]) if name in self._jsonb else row[name] for row in rows]
+            for name in self.columns
+        }
+
+
+def register(session: AsyncSession, unit: Saves) -> None:
+    """`unit` is written back when the transaction commits (`outbox.unit.commit`)."""
+    session.info.setdefault(_UNITS, []).append(unit)
+
+
+def units(session: AsyncSession | Any) -> Iterable[Saves]:
+    return session.info.get(_UNITS, ())  # type: ignore[no-any-return]
+
+
+def forget(session: AsyncSession | Any) -> None:
+    """The transaction ended: its connection goes back to the pool, its units are done."""
+    session.info.pop(_CONNECTION, None)
+    session.info.pop(_UNITS, None)
