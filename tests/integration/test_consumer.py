@@ -10,6 +10,7 @@ import json
 import uuid
 
 from contracts import Item, OrderCreated, StockFailed, StockReserved, encode
+from harness.wait import eventually
 from order_service.messaging import MANIFEST as ORDER
 from order_service.settings import Settings as OrderSettings
 from outbox.manifest import dead_letter_queue
@@ -18,7 +19,6 @@ from tests.support import probe
 from tests.support.broker import message_for
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import handled, inbox_rows
-from tests.support.wait import eventually
 
 RESERVED_QUEUE = ORDER.queue_for(StockReserved)
 ORDER_CREATED_QUEUE = probe.manifest({OrderCreated: probe.record_effect}).queue_for(OrderCreated)
