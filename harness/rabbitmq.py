@@ -9,6 +9,7 @@ matters.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -147,14 +148,14 @@ class ManagementApi:
         properties: dict[str, Any],
         exchange: str = "amq.default",
     ) -> bool:
-        """Publish one message (text payload); whether it was routed to a queue."""
+        """Publish one message (any bytes); whether it was routed to a queue."""
         response = self.call(
             "POST",
             f"/api/exchanges/{_q(vhost)}/{_q(exchange)}/publish",
             json={
                 "routing_key": routing_key,
-                "payload": payload.decode(),
-                "payload_encoding": "string",
+                "payload": base64.b64encode(payload).decode(),
+                "payload_encoding": "base64",
                 "properties": properties,
             },
         )

@@ -5,12 +5,9 @@ and orders placed before, between and after them complete as usual."""
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
-from urllib.parse import quote
 
-import httpx
 import pytest
 
 from contracts import SCHEMA_VERSION, Item, OrderCancelled, OrderCreated, StockReserved, encode
@@ -121,25 +118,16 @@ def publish(system: System, routing_key: str, body: bytes, properties: dict) -> 
     """Publish to the `events` exchange through the management API; returns the message id."""
     message_id = str(uuid.uuid4())
     vhost = system.vhost
-    response = httpx.post(
-        f"{vhost.api}/api/exchanges/{quote(vhost.name, safe='')}/events/publish",
-        json={
-            "routing_key": routing_key,
-            "payload": base64.b64encode(body).decode(),
-            "payload_encoding": "base64",
-            "properties": {
-                "message_id": message_id,
-                "content_type": "application/json",
-                "delivery_mode": 2,
-                "app_id": "a-stranger",
-                "headers": {"schema_version": SCHEMA_VERSION},
-                **properties,
-            },
-        },
-        timeout=30,
-    )
-    response.raise_for_status()
-    assert response.json()["routed"], routing_key
+    properties = {
+        "message_id": message_id,
+        "content_type": "application/json",
+        "delivery_mode": 2,
+        "app_id": "a-stranger",
+        "headers": {"schema_version": SCHEMA_VERSION},
+        **properties,
+    }
+    routed = vhost.management.publish(vhost.name, routing_key, body, properties, "events")
+    assert routed, routing_key
     return message_id
 
 
