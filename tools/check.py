@@ -423,7 +423,7 @@ def _check_pipes(state: State, report: Report) -> None:
             report.add("pipes", service, f"{backlog:.0f} outbox rows not yet published")
     for dead_letter_queue, messages in state.dead_letters.items():
         for message in messages:
-            dead = _judge(dead_letter_queue, message)
+            dead = judge(dead_letter_queue, message)
             report.dead_letters.append(dead)
             if dead.problem is None:
                 report.add(
@@ -437,7 +437,7 @@ def _check_pipes(state: State, report: Report) -> None:
 _QUEUE_EVENTS = {event_name(event): event for event in ALL_EVENTS}
 
 
-def _judge(queue: str, message: dict[str, Any]) -> DeadLetter:
+def judge(queue: str, message: dict[str, Any]) -> DeadLetter:
     """What is wrong with a dead-lettered message, as the consumer of its queue judged it."""
     properties = message.get("properties") or {}
     payload = message.get("payload", "")
