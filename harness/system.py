@@ -148,6 +148,9 @@ def running_system(
         cleanup.callback(system.stop)
         for name in SERVICES:
             system.databases[name] = create_database(servers.postgres_admin_url, name)
+        # Ports picked just before the processes bind them: the shorter the gap, the smaller the
+        # chance that another process on the machine takes one meanwhile.
+        for name in SERVICES:
             env = {**(extra_env or {}), **(per_service_env or {}).get(name, {})}
             system.services[name] = service_process(
                 name, system.databases[name], vhost.amqp_url, log_dir, env
