@@ -10,7 +10,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers up down status migrate test test-unit test-integration test-e2e lint demo check trace dlq redrive bench screenshot
+.PHONY: help install servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test: servers ## Run the whole suite against real servers (GLOBAL=1 adds broker 
 
 test-unit: install ## Unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
+
+test-fast: servers ## Unit and integration tests, no e2e and no faults: the inner loop (~70 s here)
+	$(PY) -m pytest -q tests/unit tests/integration
 
 lint: install ## ruff (lint and format check) and mypy on the shared packages
 	.venv/bin/ruff check .

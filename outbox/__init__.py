@@ -4,8 +4,8 @@ Business code needs one call, `outbox.add(session, event)`, to stage an event in
 that changes its state; everything else is wired by `Messaging` from the service's `Manifest`.
 """
 
-from outbox.consumer import PoisonMessage
 from outbox.manifest import Handler, Manifest
+from outbox.parsing import PoisonMessage
 from outbox.runtime import Messaging
 from outbox.settings import ServiceSettings, local_database_url
 from outbox.writer import add

@@ -30,46 +30,23 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from contracts import SCHEMA_VERSION, DecodeError, Event, decode, event_name
+from contracts import Event, event_name
 from outbox import inbox, metrics
 from outbox.faults import crash_point
 from outbox.inbox import Delivery
 from outbox.manifest import Manifest
+from outbox.parsing import PoisonMessage, parse_event
 from outbox.topology import declare_queues
 from outbox.unit import begin
 from outbox.writer import Cause, current_cause
 
 log = logging.getLogger(__name__)
 
-#: Largest message body a consumer accepts; anything bigger is poison, not an event.
-MAX_BODY_BYTES = 256 * 1024
-
-
-class PoisonMessage(Exception):
-    """A message that can never be handled, whatever the number of attempts: dead-letter it now.
-
-    Raised by `parse` for undecodable messages, and by handlers for events that make no sense
-    (an event for an order this service never heard of)."""
-
 
 def parse(message: AbstractIncomingMessage, expected: type[Event]) -> Event:
     """The event a message carries, or `PoisonMessage` saying why there is none."""
-    if len(message.body) > MAX_BODY_BYTES:
-        raise PoisonMessage(f"body of {len(message.body)} bytes exceeds {MAX_BODY_BYTES}")
-    version = (message.headers or {}).get("schema_version", SCHEMA_VERSION)
-    if (
-        not isinstance(version, int)
-        or isinstance(version, bool)
-        or not 1 <= version <= SCHEMA_VERSION
-    ):
-        raise PoisonMessage(f"unknown schema_version {version!r}")
-    name = message.type or message.routing_key or ""
-    if name != event_name(expected):
-        raise PoisonMessage(f"a {name!r} message in the {event_name(expected)} queue")
-    try:
-        return decode(message.body, name)
-    except DecodeError as exc:
-        raise PoisonMessage(str(exc)) from exc
+    name = message.type or message.routing_key
+    return parse_event(message.body, headers=message.headers, name=name, expected=expected)
 
 
 async def deliver(

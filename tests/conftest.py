@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
+from harness.databases import create_database, drop_database, migrate
+from harness.rabbitmq import Vhost
+from harness.servers import Servers, provide_servers
 from outbox import Manifest, Messaging, ServiceSettings, faults
-from tests.support.broker import Broker, Vhost
-from tests.support.databases import create_database, drop_database
-from tests.support.servers import Servers, provide_servers
-from tests.support.services import migrate, start_messaging, stop_messaging
+from tests.support.broker import Broker
+from tests.support.services import start_messaging, stop_messaging
 
 
 @pytest.fixture(scope="session")

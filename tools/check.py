@@ -14,21 +14,21 @@ import base64
 import json
 import os
 import sys
-import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from contracts import SCHEMA_VERSION, DecodeError, decode
-from outbox.consumer import MAX_BODY_BYTES
+from contracts import ALL_EVENTS, event_name
+from harness.rabbitmq import ManagementApi
+from harness.wait import poll
+from outbox.parsing import PoisonMessage, parse_event
 from tools.client import Urls
 
 DEFAULT_RABBITMQ_API = "http://guest:guest@127.0.0.1:15672"
@@ -110,17 +110,13 @@ def check(
     restock made since to the baseline.
     """
     urls = urls or Urls()
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            report = _check_once(urls, rabbitmq_api, vhost, baseline)
-        except Unreachable:
-            if time.monotonic() >= deadline:
-                raise
-        else:
-            if report.ok or time.monotonic() >= deadline:
-                return report
-        time.sleep(1.0)
+    return poll(
+        lambda: _check_once(urls, rabbitmq_api, vhost, baseline),
+        until=lambda report: report.ok,
+        retry_on=Unreachable,
+        timeout=wait,
+        interval=1.0,
+    )
 
 
 def snapshot(urls: Urls | None = None) -> dict[str, int]:
@@ -139,7 +135,7 @@ def snapshot(urls: Urls | None = None) -> dict[str, int]:
 def _check_once(
     urls: Urls, rabbitmq_api: str, vhost: str, baseline: dict[str, int] | None
 ) -> Report:
-    state = _read(urls, rabbitmq_api.rstrip("/"), vhost)
+    state = _read(urls, ManagementApi(rabbitmq_api), vhost)
     report = Report(
         counts={
             "orders": len(state.orders),
@@ -163,7 +159,7 @@ def _check_once(
     return report
 
 
-def _read(urls: Urls, api: str, vhost: str) -> State:
+def _read(urls: Urls, api: ManagementApi, vhost: str) -> State:
     with httpx.Client(timeout=30) as http, ThreadPoolExecutor(8) as pool:
         get = {
             "orders": lambda: _pages(http, f"{urls.order}/orders"),
@@ -173,7 +169,7 @@ def _read(urls: Urls, api: str, vhost: str) -> State:
             "deposits": lambda: _pages(http, f"{urls.payment}/deposits"),
             "payments": lambda: _pages(http, f"{urls.payment}/payments"),
             "notifications": lambda: _pages(http, f"{urls.notification}/notifications"),
-            "queues": lambda: _get(http, f"{api}/api/queues/{quote(vhost, safe='')}"),
+            "queues": lambda: _broker(f"listing the queues of {vhost}", api.queues, vhost),
             "backlogs": lambda: _backlogs(http, urls),
         }
         futures = {name: pool.submit(read) for name, read in get.items()}
@@ -182,7 +178,7 @@ def _read(urls: Urls, api: str, vhost: str) -> State:
         dead_letters = dict(
             zip(
                 dead_letter_queues,
-                pool.map(lambda queue: _peek(http, api, vhost, queue), dead_letter_queues),
+                pool.map(lambda queue: _peek(api, vhost, queue), dead_letter_queues),
                 strict=True,
             )
         )
@@ -240,22 +236,17 @@ def _backlogs(http: httpx.Client, urls: Urls) -> dict[str, float | None]:
     return found
 
 
-def _peek(http: httpx.Client, api: str, vhost: str, queue: str) -> list[dict[str, Any]]:
+def _peek(api: ManagementApi, vhost: str, queue: str) -> list[dict[str, Any]]:
     """The messages of a queue, put back at once."""
+    return _broker(f"reading {queue}", api.peek, vhost, queue, DEAD_LETTERS_SHOWN)  # type: ignore[no-any-return]
+
+
+def _broker(what: str, call: Any, *args: Any) -> Any:
+    """`call(*args)` on the management API; `Unreachable` if it does not answer."""
     try:
-        response = http.post(
-            f"{api}/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}/get",
-            json={
-                "count": DEAD_LETTERS_SHOWN,
-                "ackmode": "ack_requeue_true",
-                "encoding": "auto",
-                "truncate": 1_000_000,
-            },
-        )
-        response.raise_for_status()
+        return call(*args)
     except httpx.HTTPError as exc:
-        raise Unreachable(f"reading {queue}: {exc}") from exc
-    return response.json()  # type: ignore[no-any-return]
+        raise Unreachable(f"{what}: {exc}") from exc
 
 
 def _units(reservations: list[dict[str, Any]], status: str) -> dict[str, int]:
@@ -432,7 +423,7 @@ def _check_pipes(state: State, report: Report) -> None:
             report.add("pipes", service, f"{backlog:.0f} outbox rows not yet published")
     for dead_letter_queue, messages in state.dead_letters.items():
         for message in messages:
-            dead = _judge(dead_letter_queue, message)
+            dead = judge(dead_letter_queue, message)
             report.dead_letters.append(dead)
             if dead.problem is None:
                 report.add(
@@ -442,7 +433,12 @@ def _check_pipes(state: State, report: Report) -> None:
                 )
 
 
-def _judge(queue: str, message: dict[str, Any]) -> DeadLetter:
+#: A work queue is `<service>.<EventName>` (`Manifest.queue_for`): the event each one carries.
+_QUEUE_EVENTS = {event_name(event): event for event in ALL_EVENTS}
+
+
+def judge(queue: str, message: dict[str, Any]) -> DeadLetter:
+    """What is wrong with a dead-lettered message, as the consumer of its queue judged it."""
     properties = message.get("properties") or {}
     payload = message.get("payload", "")
     body = (
@@ -451,18 +447,22 @@ def _judge(queue: str, message: dict[str, Any]) -> DeadLetter:
         else payload.encode()
     )
     event = properties.get("type")
-    version = (properties.get("headers") or {}).get("schema_version", SCHEMA_VERSION)
-    problem: str | None
-    if len(body) > MAX_BODY_BYTES:
-        problem = f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}"
-    elif not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
-        problem = f"unknown schema_version {version!r}"
-    else:
-        try:
-            decode(body, event)
-            problem = None
-        except DecodeError as exc:
-            problem = str(exc)
+    headers = properties.get("headers") or {}
+    # The consumer read the event's name from the type, else from the routing key it was
+    # published with, which its death record keeps.
+    deaths = headers.get("x-death") or [{}]
+    routing_keys = deaths[0].get("routing-keys") or [None]
+    work_queue = queue.removesuffix(".dlq")
+    problem: str | None = None
+    try:
+        parse_event(
+            body,
+            headers=headers,
+            name=event or routing_keys[0],
+            expected=_QUEUE_EVENTS.get(work_queue.partition(".")[2]),
+        )
+    except PoisonMessage as exc:
+        problem = str(exc)
     return DeadLetter(
         queue, properties.get("message_id"), event, properties.get("correlation_id"), problem
     )

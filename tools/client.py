@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from harness.wait import poll
 
 TERMINAL = ("completed", "cancelled")
 
@@ -133,12 +134,13 @@ class Shop:
         return self.http.post(f"{self.urls.order}/orders/{order_id}/cancel")
 
     def wait_until_terminal(self, order_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            order = self.order(order_id)
-            if order["status"] in TERMINAL or time.monotonic() > deadline:
-                return order
-            time.sleep(0.02)
+        """The order once completed or cancelled; as it is after `timeout` if it is neither."""
+        return poll(
+            lambda: self.order(order_id),
+            until=lambda order: order["status"] in TERMINAL,
+            timeout=timeout,
+            interval=0.02,
+        )
 
     # notifications
     def notifications(

@@ -70,7 +70,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = [args.scenario] if args.scenario else list(SCENARIOS)
-    down = [service for service, port in services.SERVICES.items() if not services.ready(port)]
+    down = [service for service in services.SERVICES if not services.process(service).ready()]
     if down:
         sys.exit(f"not ready: {', '.join(down)}. `make demo` starts them (or `make up`)")
     console.print(

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import httpx
@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from rich import box
 from rich.table import Table
 
+from harness.rabbitmq import ManagementApi
 from outbox.topology import EXCHANGE
 from tools import trace
 
@@ -90,13 +91,8 @@ async def dead_letter_queues(
     """The vhost's dead-letter queues (`….dlq`), or just `queue` if given."""
     if queue is not None:
         return [queue]
-    vhost = quote(vhost_of(amqp_url), safe="")
-    async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.get(
-            f"{api.rstrip('/')}/api/queues/{vhost}", params={"columns": "name"}
-        )
-        response.raise_for_status()
-    return sorted(q["name"] for q in response.json() if q["name"].endswith(".dlq"))
+    found = await asyncio.to_thread(ManagementApi(api).queues, vhost_of(amqp_url), ["name"])
+    return sorted(q["name"] for q in found if q["name"].endswith(".dlq"))
 
 
 async def list_dead_letters(

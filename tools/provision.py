@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import time
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -33,6 +32,8 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from contracts import event_name
+from harness.rabbitmq import ManagementApi
+from harness.wait import retry
 from inventory_service.messaging import MANIFEST as INVENTORY
 from notification_service.messaging import MANIFEST as NOTIFICATION
 from order_service.messaging import MANIFEST as ORDER
@@ -84,25 +85,6 @@ def topic_permissions(manifest: Manifest, exchange: str = EXCHANGE) -> dict[str,
     }
 
 
-class RabbitMQ:
-    """The management HTTP API, as an administrator (`api` carries the credentials)."""
-
-    def __init__(self, api: str) -> None:
-        self.api = api.rstrip("/")
-
-    def call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = httpx.request(method, self.api + path, timeout=10, **kwargs)
-        response.raise_for_status()
-        return response
-
-    def get(self, path: str) -> Any | None:
-        response = httpx.get(self.api + path, timeout=10)
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return response.json()
-
-
 def _q(segment: str) -> str:
     return quote(segment, safe="")
 
@@ -111,22 +93,14 @@ def provision_broker(
     api: str, vhost: str, manifest: Manifest, user: str, secret: str, exchange: str = EXCHANGE
 ) -> None:
     """Create or update `user` with `manifest`'s rights in `vhost` (which must exist)."""
-    rabbit = RabbitMQ(api)
-    rabbit.call("PUT", f"/api/users/{_q(user)}", json={"password": secret, "tags": ""})
-    rabbit.call(
-        "PUT",
-        f"/api/permissions/{_q(vhost)}/{_q(user)}",
-        json=broker_permissions(manifest, exchange),
-    )
-    rabbit.call(
-        "PUT",
-        f"/api/topic-permissions/{_q(vhost)}/{_q(user)}",
-        json=topic_permissions(manifest, exchange),
-    )
+    rabbit = ManagementApi(api)
+    rabbit.put_user(user, secret)
+    rabbit.set_permissions(vhost, user, **broker_permissions(manifest, exchange))
+    rabbit.set_topic_permissions(vhost, user, **topic_permissions(manifest, exchange))
     _retire_stale_queues(rabbit, vhost, manifest)
 
 
-def _retire_stale_queues(rabbit: RabbitMQ, vhost: str, manifest: Manifest) -> None:
+def _retire_stale_queues(rabbit: ManagementApi, vhost: str, manifest: Manifest) -> None:
     """Delete the service's queues declared before they dead-lettered through its own exchange.
 
     A queue's arguments cannot change, so the service could not declare such a queue again; and
@@ -138,47 +112,29 @@ def _retire_stale_queues(rabbit: RabbitMQ, vhost: str, manifest: Manifest) -> No
     dlx = dead_letter_exchange(manifest.service)
     for event in manifest.consumes:
         name = manifest.queue_for(event)
-        queue = f"/api/queues/{_q(vhost)}/{_q(name)}"
-        found = rabbit.get(queue)
+        found = rabbit.queue(vhost, name)
         if found is None or found["arguments"].get("x-dead-letter-exchange") == dlx:
             continue
         if found.get("consumers"):
             print(f"queue {name} is consumed by an older {manifest.service}: make down && make up")
             continue
-        bindings = [b for b in rabbit.get(f"{queue}/bindings") or [] if b["source"]]
+        bindings = rabbit.bindings(vhost, name)
         for binding in bindings:
-            rabbit.call(
-                "DELETE", _binding_path(vhost, binding) + f"/{_q(binding['properties_key'])}"
-            )
-        left = rabbit.call(
-            "POST",
-            f"{queue}/get",
-            json={"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"},
-        ).json()
-        if left:
+            rabbit.unbind(vhost, binding)
+        if rabbit.peek(vhost, name, count=1):
             for binding in bindings:
-                rabbit.call(
-                    "POST",
-                    _binding_path(vhost, binding),
-                    json={"routing_key": binding["routing_key"], "arguments": binding["arguments"]},
-                )
+                rabbit.bind(vhost, binding)
             raise SystemExit(
                 f"queue {name} was declared by an older version and still holds messages:"
                 f" run {manifest.service} from that version until it is empty"
                 f" (or move its messages to {dead_letter_queue(name)}), then run this again"
             )
-        rabbit.call("DELETE", queue)
+        rabbit.delete_queue(vhost, name)
         print(f"deleted queue {name} (empty; {manifest.service} declares it anew)")
 
 
-def _binding_path(vhost: str, binding: dict[str, Any]) -> str:
-    return f"/api/bindings/{_q(vhost)}/e/{_q(binding['source'])}/q/{_q(binding['destination'])}"
-
-
 def delete_broker_user(api: str, user: str) -> None:
-    response = httpx.delete(f"{api.rstrip('/')}/api/users/{_q(user)}", timeout=10)
-    if response.status_code != 404:
-        response.raise_for_status()
+    ManagementApi(api).delete_user(user)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -270,14 +226,10 @@ T = TypeVar("T")
 def _retry(what: str, attempt: Callable[[], T], timeout: float) -> T:
     """`attempt()` until it succeeds: in compose, the broker's management API answers a little
     after the node does."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return attempt()
-        except (httpx.HTTPError, psycopg.OperationalError) as exc:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{what} does not answer after {timeout:.0f}s: {exc}") from exc
-            time.sleep(0.5)
+    try:
+        return retry(attempt, on=(httpx.HTTPError, psycopg.OperationalError), timeout=timeout)
+    except (httpx.HTTPError, psycopg.OperationalError) as exc:
+        raise SystemExit(f"{what} does not answer after {timeout:.0f}s: {exc}") from exc
 
 
 def provision(

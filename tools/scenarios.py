@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import io
 import os
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from harness.wait import eventually_sync
 from tools import dlq, services, trace
 from tools.client import TERMINAL, Shop, unique
 
@@ -107,15 +107,11 @@ class Demo:
         self, what: str, check: Callable[[], T], timeout: float = 30.0, interval: float = 0.05
     ) -> T:
         """Poll `check` until it returns something truthy, with a spinner saying what we wait for."""
-        deadline = time.monotonic() + timeout
         with self.console.status(f"waiting for {what}…"):
-            while True:
-                value = check()
-                if value:
-                    return value
-                if time.monotonic() > deadline:
-                    raise DemoTimeout(f"{what}: not after {timeout:.0f}s")
-                time.sleep(interval)
+            try:
+                return eventually_sync(check, timeout, interval)
+            except TimeoutError:
+                raise DemoTimeout(f"{what}: not after {timeout:.0f}s") from None
 
     def terminal(self, order_id: str, timeout: float = 30.0) -> dict[str, Any]:
         return self.wait_for(

@@ -11,7 +11,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+
+from harness.wait import eventually_sync
 
 
 def answers(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -23,11 +24,10 @@ def answers(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def wait_for(name: str, host: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not answers(host, port):
-        if time.monotonic() > deadline:
-            sys.exit(f"{name} does not answer on {host}:{port} after {timeout:.0f}s")
-        time.sleep(0.2)
+    try:
+        eventually_sync(lambda: answers(host, port), timeout=timeout, interval=0.2)
+    except TimeoutError:
+        sys.exit(f"{name} does not answer on {host}:{port} after {timeout:.0f}s")
 
 
 def ensure_postgres() -> None:

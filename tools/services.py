@@ -6,22 +6,19 @@ SIGKILL: a crash, for the demo's recovery scenarios).
 `up` provisions each service's own RabbitMQ user and PostgreSQL role and database (`tools.provision`;
 each service runs with those credentials), starts only the services not already running
 (migrations are applied by each service on start), and waits until each one is ready. Logs go to
-`.run/logs/<service>.log`, pids to `.run/<service>.pid`.
+`.run/logs/<service>.log`, pids to `.run/<service>.pid`. The processes are run by the harness's
+supervisor (`harness.process.ServiceProcess`), as the tests' are, on the fixed ports below.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from harness.process import NotReady, ServiceProcess
 from tools.provision import provision, service_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,43 +33,31 @@ SERVICES = {
 }
 
 
+def process(service: str) -> ServiceProcess:
+    """The service as `make up` runs it: its fixed port, its own credentials, pid file in .run/."""
+    port = SERVICES[service]
+    return ServiceProcess(
+        service,
+        port,
+        {**os.environ, **service_env(service), "PORT": str(port), "PYTHONUNBUFFERED": "1"},
+        LOGS / f"{service}.log",
+        pid_file=RUN / f"{service}.pid",
+    )
+
+
 def pid_of(service: str) -> int | None:
-    pidfile = RUN / f"{service}.pid"
-    try:
-        pid = int(pidfile.read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
-
-
-def ready(port: int) -> bool:
-    try:
-        return (
-            httpx.get(f"http://127.0.0.1:{port}/health/ready?timeout=1", timeout=2).status_code
-            == 200
-        )
-    except httpx.HTTPError:
-        return False
+    return process(service).pid
 
 
 def up(timeout: float) -> None:
-    RUN.mkdir(exist_ok=True)
-    LOGS.mkdir(exist_ok=True)
     provision()  # each service's own RabbitMQ user, PostgreSQL role and database
     for service in SERVICES:
-        if pid_of(service):
-            print(f"{service} already running (pid {pid_of(service)})")
+        if (pid := pid_of(service)) is not None:
+            print(f"{service} already running (pid {pid})")
             continue
         start(service)
-    deadline = time.monotonic() + timeout
-    for service, port in SERVICES.items():
-        while not ready(port):
-            if pid_of(service) is None:
-                sys.exit(f"{service} exited; see .run/logs/{service}.log")
-            if time.monotonic() > deadline:
-                sys.exit(f"{service} not ready after {timeout:.0f}s; see .run/logs/{service}.log")
-            time.sleep(0.1)
+    for service in SERVICES:
+        wait_ready(service, timeout)
     print(
         "all four services ready: order :8000, inventory :8001, payment :8002, notification :8003"
     )
@@ -80,63 +65,29 @@ def up(timeout: float) -> None:
 
 def start(service: str) -> int:
     """Start one service in the background (its log and pid file in .run/); returns its pid."""
-    RUN.mkdir(exist_ok=True)
-    LOGS.mkdir(exist_ok=True)
-    port = SERVICES[service]
-    env = {**os.environ, **service_env(service), "PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    with open(LOGS / f"{service}.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", service],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    (RUN / f"{service}.pid").write_text(str(proc.pid))
-    print(f"started {service} on :{port} (pid {proc.pid}, log .run/logs/{service}.log)")
-    return proc.pid
+    pid = process(service).start()
+    print(f"started {service} on :{SERVICES[service]} (pid {pid}, log .run/logs/{service}.log)")
+    return pid
 
 
 def wait_ready(service: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready(SERVICES[service]):
-        if pid_of(service) is None:
-            sys.exit(f"{service} exited; see .run/logs/{service}.log")
-        if time.monotonic() > deadline:
-            sys.exit(f"{service} not ready after {timeout:.0f}s; see .run/logs/{service}.log")
-        time.sleep(0.1)
+    try:
+        process(service).wait_ready(timeout)
+    except NotReady as exc:
+        sys.exit(f"{exc.reason}; see .run/logs/{service}.log")
 
 
 def stop(service: str, sig: signal.Signals = signal.SIGTERM) -> None:
     """Stop one service: SIGTERM lets it finish what it holds; SIGKILL (`kill`) is a crash."""
-    pid = pid_of(service)
-    if pid is None:
+    running = process(service)
+    if not running.running:
         return
-    os.kill(pid, sig)
-    for _ in range(100):
-        if _reaped(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(pid, signal.SIGKILL)
-    (RUN / f"{service}.pid").unlink(missing_ok=True)
+    running.stop(sig)
     print(f"{'killed' if sig == signal.SIGKILL else 'stopped'} {service}")
 
 
 def kill(service: str) -> None:
     stop(service, signal.SIGKILL)
-
-
-def _reaped(pid: int) -> bool:
-    """The process is gone; collected first if it is our child (the demo restarts services)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return True
-    return False
 
 
 def down() -> None:
@@ -146,8 +97,9 @@ def down() -> None:
 
 def status() -> None:
     for service, port in SERVICES.items():
-        pid = pid_of(service)
-        state = "ready" if pid and ready(port) else ("running, not ready" if pid else "stopped")
+        found = process(service)
+        pid = found.pid
+        state = "ready" if pid and found.ready() else ("running, not ready" if pid else "stopped")
         print(f"{service:22} :{port}  {state}" + (f" (pid {pid})" if pid else ""))
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.servers import Servers
-from tests.support.system import System, running_system
+from harness.servers import Servers
+from harness.system import System, running_system
 from tools.client import Shop
 
 #: Short enough for the timeout scenario to finish quickly, long enough for any healthy saga.

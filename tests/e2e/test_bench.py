@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.servers import Servers
+from harness.servers import Servers
 
 TINY = [
     "--warmup", "1",

@@ -3,13 +3,12 @@ what is wrong when money, notifications, stock or dead-letter queues were tamper
 
 import contextlib
 import uuid
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from contracts import OrderCompleted, encode
-from tests.support.wait import eventually_sync
+from harness.wait import eventually_sync
 from tools.check import Report, check, snapshot
 from tools.client import Shop, unique
 
@@ -159,10 +158,7 @@ def test_the_checker_lists_dead_letters_and_flags_only_valid_events(system, hist
         publish(system, queue, b"{not json", "OrderCompleted", poison_order)
         report = eventually_sync(lambda: len((r := checked(system)).dead_letters) == 2 and r)
     finally:
-        system.vhost._call(
-            "DELETE",
-            f"/api/queues/{quote(system.vhost.name, safe='')}/{quote(queue, safe='')}/contents",
-        )
+        system.vhost.management.purge(system.vhost.name, queue)
 
     assert [(v.guarantee, v.subject) for v in report.violations] == [
         ("pipes", str(healthy.order_id))
@@ -175,19 +171,10 @@ def test_the_checker_lists_dead_letters_and_flags_only_valid_events(system, hist
 
 def publish(system, queue: str, body: bytes, event: str, order_id: uuid.UUID) -> None:
     """Put a message straight into `queue` (through the default exchange), as a dead-letter would."""
-    response = system.vhost._call(
-        "POST",
-        f"/api/exchanges/{quote(system.vhost.name, safe='')}/amq.default/publish",
-        json={
-            "routing_key": queue,
-            "payload": body.decode(),
-            "payload_encoding": "string",
-            "properties": {
-                "message_id": str(uuid.uuid4()),
-                "type": event,
-                "correlation_id": str(order_id),
-                "content_type": "application/json",
-            },
-        },
-    )
-    assert response.json()["routed"] is True
+    properties = {
+        "message_id": str(uuid.uuid4()),
+        "type": event,
+        "correlation_id": str(order_id),
+        "content_type": "application/json",
+    }
+    assert system.vhost.management.publish(system.vhost.name, queue, body, properties)

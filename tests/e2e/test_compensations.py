@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from tests.support.wait import eventually_sync
+from harness.wait import eventually_sync
 from tools.check import Report, check
 from tools.client import unique
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.support.system import System
-from tests.support.wait import eventually_sync
+from harness.system import System
+from harness.wait import eventually_sync
 from tools.check import check
 from tools.client import unique
 
@@ -96,8 +96,8 @@ def test_a_service_that_dies_at_a_crash_point_recovers_with_exactly_one_effect(s
     placed = shop.place(customer, [(sku, 2)])
 
     process = system[case.service]
-    eventually_sync(lambda: process.proc.poll() is not None, SETTLE_S)
-    assert process.proc.returncode == CRASH_EXIT_CODE, process.log_tail()
+    eventually_sync(lambda: not process.running, SETTLE_S)
+    assert process.returncode == CRASH_EXIT_CODE, process.log_tail()
     restart(system, case.service, crash_at=None)
     order = shop.wait_until_terminal(placed["order_id"], timeout=SETTLE_S)
     assert (order["status"], order["total_cents"]) == ("completed", 1400)
@@ -127,8 +127,8 @@ def test_an_order_whose_service_dies_before_answering_is_placed_once_when_the_cl
         shop.place_raw(customer, [(sku, 1)], key=key)
 
     process = system["order_service"]
-    eventually_sync(lambda: process.proc.poll() is not None, SETTLE_S)
-    assert process.proc.returncode == CRASH_EXIT_CODE, process.log_tail()
+    eventually_sync(lambda: not process.running, SETTLE_S)
+    assert process.returncode == CRASH_EXIT_CODE, process.log_tail()
     restart(system, "order_service", crash_at=None)
     retried = shop.place_raw(customer, [(sku, 1)], key=key)
     assert retried.status_code == 201, retried.text

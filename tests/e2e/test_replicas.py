@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.system import System, running_system
+from harness.wait import eventually_sync
 from tests.support.load import Load
-from tests.support.system import System, running_system
-from tests.support.wait import eventually_sync
 from tools.check import Report, check
 from tools.client import Shop
 

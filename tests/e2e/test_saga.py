@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.support.wait import eventually_sync
+from harness.wait import eventually_sync
 from tools.client import unique
 
 pytestmark = pytest.mark.e2e

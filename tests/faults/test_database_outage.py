@@ -9,12 +9,12 @@ import asyncio
 import pytest
 
 from contracts import StockReserved
+from harness.system import service_process
+from harness.wait import eventually, eventually_sync
 from outbox.manifest import dead_letter_queue
 from tests.support.faults import databases_down
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import handled
-from tests.support.system import SERVICES, System
-from tests.support.wait import eventually, eventually_sync
 
 pytestmark = pytest.mark.faults
 
@@ -50,10 +50,7 @@ def test_a_service_started_while_its_database_is_down_comes_up_with_it(
     servers, vhost, database_factory, tmp_path
 ):
     url = database_factory("inventory_service")
-    # One service is enough here: the others are never started.
-    inventory = System.create(dict.fromkeys(SERVICES, url), vhost.amqp_url, tmp_path)[
-        "inventory_service"
-    ]
+    inventory = service_process("inventory_service", url, vhost.amqp_url, tmp_path)
     try:
         with databases_down(servers.postgres_admin_url, [url]):
             inventory.start()

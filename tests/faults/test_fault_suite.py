@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.rabbitmq import Vhost
+from harness.system import SERVICES, running_system
+from harness.wait import eventually_sync
 from tests.support.audit import audit_deliveries
-from tests.support.broker import Vhost
 from tests.support.faults import (
     GLOBAL,
     HEARTBEAT_S,
@@ -26,8 +28,6 @@ from tests.support.faults import (
     Faults,
 )
 from tests.support.load import Load
-from tests.support.system import SERVICES, running_system
-from tests.support.wait import eventually_sync
 from tools.check import check, snapshot
 from tools.client import Shop
 

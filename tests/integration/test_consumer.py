@@ -10,15 +10,15 @@ import json
 import uuid
 
 from contracts import Item, OrderCreated, StockFailed, StockReserved, encode
+from harness.wait import eventually
 from order_service.messaging import MANIFEST as ORDER
 from order_service.settings import Settings as OrderSettings
-from outbox.consumer import MAX_BODY_BYTES
 from outbox.manifest import dead_letter_queue
+from outbox.parsing import MAX_BODY_BYTES
 from tests.support import probe
 from tests.support.broker import message_for
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import handled, inbox_rows
-from tests.support.wait import eventually
 
 RESERVED_QUEUE = ORDER.queue_for(StockReserved)
 ORDER_CREATED_QUEUE = probe.manifest({OrderCreated: probe.record_effect}).queue_for(OrderCreated)

@@ -9,11 +9,11 @@ import uuid
 from datetime import UTC, datetime
 
 from contracts import Item, OrderCreated
+from harness.wait import eventually
 from outbox.manifest import dead_letter_queue
 from tests.support import probe
 from tests.support.broker import message_for
 from tests.support.services import handled
-from tests.support.wait import eventually
 from tools import dlq
 
 QUEUE = probe.manifest({OrderCreated: probe.record_effect}).queue_for(OrderCreated)

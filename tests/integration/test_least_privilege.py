@@ -25,14 +25,14 @@ from contracts import (
     StockReleased,
     StockReserved,
 )
+from harness.databases import create_database, drop_database, migrate
+from harness.rabbitmq import Vhost
+from harness.servers import Servers
+from harness.wait import eventually
 from outbox import Manifest
 from outbox.settings import ServiceSettings
 from outbox.topology import declare_exchange, declare_queues
-from tests.support.broker import Broker, Vhost, message_for
-from tests.support.databases import create_database, drop_database
-from tests.support.servers import Servers
-from tests.support.services import migrate
-from tests.support.wait import eventually
+from tests.support.broker import Broker, message_for
 from tools.postgres import libpq
 from tools.provision import (
     MANIFESTS,

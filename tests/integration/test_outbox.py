@@ -18,6 +18,7 @@ from sqlalchemy.pool import NullPool
 
 import outbox
 from contracts import SCHEMA_VERSION, OrderCreated, StockCommitted, StockReleased, decode
+from harness.wait import eventually
 from order_service.messaging import MANIFEST as ORDER
 from order_service.models import Order
 from order_service.settings import Settings as OrderSettings
@@ -28,7 +29,6 @@ from outbox.writer import OutboxSession
 from tests.support import probe
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import crashed, handled, inbox_rows, outbox_rows, stop_messaging
-from tests.support.wait import eventually
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-01$")
 

@@ -10,13 +10,13 @@ import uuid
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from harness.wait import eventually
 from order_service.messaging import MANIFEST as ORDER
 from order_service.settings import Settings as OrderSettings
 from outbox.consumer import Consumer
 from outbox.relay import purge_expired
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import handled, inbox_rows, outbox_rows
-from tests.support.wait import eventually
 
 WEEK_S = 7 * 24 * 3600.0
 BATCH = 5000

@@ -36,6 +36,8 @@ from contracts import (
     StockFailed,
     StockReserved,
 )
+from harness.databases import create_database, drop_database
+from harness.servers import Servers
 from inventory_service.messaging import MANIFEST as INVENTORY
 from inventory_service.models import Product, Reservation
 from notification_service.messaging import MANIFEST as NOTIFICATION
@@ -50,8 +52,6 @@ from outbox.unit import begin
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
 from tests.support.bus import Bus, Delivery, Service
-from tests.support.databases import create_database, drop_database
-from tests.support.servers import Servers
 
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 

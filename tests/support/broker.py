@@ -1,127 +1,25 @@
-"""A RabbitMQ vhost per test, seen through the management API (`Vhost`) and over AMQP (`Broker`).
+"""The test's vhost over AMQP (`Broker`): publish like a service would, tap what services publish.
 
-Everything a test declares lives in its own vhost, deleted afterwards, so tests never share
-exchanges, queues or messages. The management API's message counts are statistics refreshed every
-few seconds: wait on messages themselves (`Vhost.get_messages`, `Broker.tap`, `Broker.queue_state`)
-rather than on `Vhost.queue(...)["messages"]` when timing matters.
+Each test has a vhost of its own (`harness.rabbitmq.Vhost`, the `vhost` fixture). The management
+API's message counts are statistics refreshed every few seconds: wait on messages themselves
+(`Vhost.get_messages`, `Broker.tap`, `Broker.queue_state`) when timing matters.
 """
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
-import httpx
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from contracts import SCHEMA_VERSION, Event, encode, event_name
+from harness.rabbitmq import Vhost
+from harness.wait import eventually
 from outbox.topology import EXCHANGE, declare_exchange
 from outbox.writer import child_traceparent
-from tests.support.servers import Servers
-from tests.support.wait import eventually, eventually_sync
-
-
-def _q(segment: str) -> str:
-    return quote(segment, safe="")
-
-
-@dataclass(frozen=True)
-class Vhost:
-    """A vhost of the test broker; `amqp_url` points services and clients into it."""
-
-    name: str
-    amqp_url: str
-    api: str
-    user: str
-
-    @classmethod
-    def create(cls, servers: Servers, name: str | None = None) -> Vhost:
-        name = name or f"test-{secrets.token_hex(6)}"
-        parts = urlsplit(servers.amqp_url)
-        vhost = cls(
-            name=name,
-            amqp_url=urlunsplit(parts._replace(path="/" + _q(name))),
-            api=servers.rabbitmq_api.rstrip("/"),
-            user=parts.username or "guest",
-        )
-        vhost._call("PUT", f"/api/vhosts/{_q(name)}")
-        vhost.set_permissions()
-        return vhost
-
-    def set_permissions(self, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
-        """What the test user may do in this vhost (regular expressions on resource names)."""
-        self._call(
-            "PUT",
-            f"/api/permissions/{_q(self.name)}/{_q(self.user)}",
-            json={"configure": configure, "write": write, "read": read},
-        )
-
-    def delete(self) -> None:
-        self._call("DELETE", f"/api/vhosts/{_q(self.name)}", missing_ok=True)
-
-    def queue(self, name: str) -> dict[str, Any]:
-        """The management API's view of a queue (`messages`, `consumers`, `arguments`, …).
-
-        Counts are statistics, refreshed every few seconds by the broker."""
-        return self._call("GET", f"/api/queues/{_q(self.name)}/{_q(name)}").json()  # type: ignore[no-any-return]
-
-    def queues(self) -> list[dict[str, Any]]:
-        return self._call("GET", f"/api/queues/{_q(self.name)}").json()  # type: ignore[no-any-return]
-
-    def get_messages(self, queue: str, count: int = 100) -> list[dict[str, Any]]:
-        """Up to `count` messages from `queue`, put back at once (`ack_requeue_true`): a live look.
-
-        Each has `payload` (text, or base64 with `payload_encoding`), `properties` (`message_id`,
-        `type`, `headers` with `x-death` once dead-lettered, …) and `redelivered`."""
-        response = self._call(
-            "POST",
-            f"/api/queues/{_q(self.name)}/{_q(queue)}/get",
-            json={
-                "count": count,
-                "ackmode": "ack_requeue_true",
-                "encoding": "auto",
-                "truncate": 1_000_000,
-            },
-        )
-        return response.json()  # type: ignore[no-any-return]
-
-    def connections(self, connection_name: str | None = None) -> list[dict[str, Any]]:
-        """Open client connections to this vhost; those a client named `connection_name` if given."""
-        found = self._call("GET", f"/api/vhosts/{_q(self.name)}/connections").json()
-        if connection_name is None:
-            return found  # type: ignore[no-any-return]
-        return [
-            c
-            for c in found
-            if (c.get("client_properties") or {}).get("connection_name") == connection_name
-        ]
-
-    def close_connections(self, connection_name: str, timeout: float = 10.0) -> int:
-        """Close from the broker side every connection the client named `connection_name`, as a
-        broker restart or a network cut would; waits until at least one is listed."""
-        found = eventually_sync(lambda: self.connections(connection_name), timeout=timeout)
-        for connection in found:
-            self._call(
-                "DELETE",
-                f"/api/connections/{_q(connection['name'])}",
-                headers={"X-Reason": "closed by a test"},
-                missing_ok=True,
-            )
-        return len(found)
-
-    def _call(
-        self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any
-    ) -> httpx.Response:
-        response = httpx.request(method, self.api + path, timeout=10, **kwargs)
-        if missing_ok and response.status_code == 404:
-            return response
-        response.raise_for_status()
-        return response
 
 
 def message_for(

@@ -31,9 +31,9 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from tests.support.broker import Vhost
-from tests.support.system import System
-from tests.support.wait import eventually_sync
+from harness.rabbitmq import Vhost
+from harness.system import System
+from harness.wait import eventually_sync
 from tools.postgres import libpq
 
 GLOBAL = os.environ.get("SAGA_FAULTS_GLOBAL") == "1"
@@ -90,31 +90,21 @@ class BrokerUsers:
         try:
             for service in services:
                 user, password = f"{vhost.name}.{service}", secrets.token_hex(8)
-                vhost._call(
-                    "PUT",
-                    f"/api/users/{quote(user, safe='')}",
-                    json={"password": password, "tags": ""},
-                )
+                vhost.management.put_user(user, password)
                 created.users[service] = user
-                vhost._call(
-                    "PUT",
-                    f"/api/permissions/{quote(vhost.name, safe='')}/{quote(user, safe='')}",
-                    json={"configure": ".*", "write": ".*", "read": ".*"},
+                vhost.management.set_permissions(
+                    vhost.name, user, configure=".*", write=".*", read=".*"
                 )
                 netloc = f"{quote(user, safe='')}:{password}@{parts.hostname}:{parts.port or 5672}"
                 created.amqp_urls[service] = urlunsplit(parts._replace(netloc=netloc, query=query))
             yield created
         finally:
             for user in created.users.values():
-                vhost._call("DELETE", f"/api/users/{quote(user, safe='')}", missing_ok=True)
+                vhost.management.delete_user(user)
 
     def limit_connections(self, service: str, limit: int | None) -> None:
         """At most `limit` connections for the service's user from now on (None: no limit)."""
-        path = f"/api/user-limits/{quote(self.users[service], safe='')}/max-connections"
-        if limit is None:
-            self.vhost._call("DELETE", path, missing_ok=True)
-        else:
-            self.vhost._call("PUT", path, json={"value": limit})
+        self.vhost.management.limit_connections(self.users[service], limit)
 
     def connections_of(self, service: str) -> list[dict]:
         return [c for c in self.vhost.connections() if c.get("user") == self.users[service]]
@@ -123,12 +113,7 @@ class BrokerUsers:
 def close_connections(vhost: Vhost, connections: list[dict], reason: str) -> int:
     """Close connections from the broker's side, as `rabbitmqctl close_connection` would."""
     for connection in connections:
-        vhost._call(
-            "DELETE",
-            f"/api/connections/{quote(connection['name'], safe='')}",
-            headers={"X-Reason": reason},
-            missing_ok=True,
-        )
+        vhost.management.close_connection(connection["name"], reason)
     return len(connections)
 
 
@@ -279,13 +264,13 @@ class Faults:
         return {c["name"] for c in self.vhost.connections()}
 
     def terminate_sessions(self) -> int:
-        urls = list(self.system.databases.values())  # type: ignore[attr-defined]
+        urls = list(self.system.databases.values())
         terminated = terminate_sessions(self.admin_url, urls)
         self.log.add("pg_terminate_backend", f"{terminated} sessions")
         return terminated
 
     def databases_down(self, seconds: float) -> None:
-        urls = list(self.system.databases.values())  # type: ignore[attr-defined]
+        urls = list(self.system.databases.values())
         with databases_down(self.admin_url, urls) as terminated:
             self.log.add("databases down", f"all four for {seconds:.0f}s ({terminated} sessions)")
             time.sleep(seconds)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -12,17 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from outbox import Manifest, Messaging, ServiceSettings
 from outbox.faults import SimulatedCrash
-from outbox.migrations import upgrade
 from outbox.tables import InboxMessage, OutboxMessage
 from tests.support.broker import Broker
 
 #: Quicker than production so that tests which wait for a sweep do not wait long.
 TEST_SETTINGS: dict[str, Any] = {"relay_sweep_interval_s": 0.2, "db_pool_size": 5}
-
-
-async def migrate(package: str, database_url: str) -> None:
-    """Apply `package`'s alembic history (e.g. "order_service") to the database."""
-    await asyncio.to_thread(upgrade, package, database_url)
 
 
 async def start_messaging(

@@ -1,10 +1,11 @@
-"""Where the test servers are: given by environment variables, else started with Docker, else local.
+"""Where the servers are: given by environment variables, else started with Docker, else local.
 
 - `SAGA_TEST_POSTGRES_URL`: an admin URL (`postgresql+psycopg://postgres@127.0.0.1:5432/postgres`)
 - `SAGA_TEST_AMQP_URL`: the broker's default vhost (`amqp://guest:guest@127.0.0.1:5672/`)
 - `SAGA_TEST_RABBITMQ_API`: the management API with credentials (`http://guest:guest@127.0.0.1:15672`)
 
-Each test gets its own databases and its own RabbitMQ vhost on these servers (see conftest.py).
+Whoever uses them (a test, the benchmark) makes its own databases and its own vhost on them.
+Containers need testcontainers (a dev dependency) and a Docker engine that answers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
-
-from tests.support.wait import eventually_sync
+from harness.rabbitmq import ManagementApi
+from harness.wait import eventually_sync
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class Servers:
     postgres_admin_url: str
     amqp_url: str
     rabbitmq_api: str
+
+
+LOCAL = Servers(LOCAL_POSTGRES_URL, LOCAL_AMQP_URL, LOCAL_RABBITMQ_API)
 
 
 def from_environment() -> Servers | None:
@@ -80,7 +83,7 @@ def containers() -> Iterator[Servers]:
             rabbitmq_api=f"http://guest:guest@{host}:{rabbitmq.get_exposed_port(15672)}",
         )
         # The AMQP port answers before the management plugin has started.
-        eventually_sync(lambda: _api_answers(servers.rabbitmq_api), timeout=60, interval=0.5)
+        eventually_sync(ManagementApi(servers.rabbitmq_api).answers, timeout=60, interval=0.5)
         yield servers
 
 
@@ -95,11 +98,4 @@ def provide_servers() -> Iterator[Servers]:
         with containers() as servers:
             yield servers
     else:
-        yield Servers(LOCAL_POSTGRES_URL, LOCAL_AMQP_URL, LOCAL_RABBITMQ_API)
-
-
-def _api_answers(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/api/overview", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+        yield LOCAL

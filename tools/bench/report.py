@@ -10,7 +10,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from tools.bench_hops import HOPS
+from tools.bench.hops import HOPS
 
 #: Messages published, delivered and transactions committed by one completed saga (happy path):
 #: OrderCreated, StockReserved, PaymentSucceeded, StockCommitted, OrderCompleted are published;

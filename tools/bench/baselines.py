@@ -32,11 +32,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import Item, OrderCreated, encode, event_name
-from outbox.migrations import upgrade
+from harness.databases import migrate
+from harness.system import System
 from outbox.relay import Relay, to_message
 from outbox.tables import OutboxMessage
 from outbox.writer import child_traceparent
-from tools.bench_world import CpuMeter, World
+from tools.bench.world import CpuMeter
 from tools.postgres import libpq
 
 EXCHANGE = "bench.baseline"
@@ -201,7 +202,7 @@ async def insert_and_commit(
 
 async def stage_backlog(database_url: str, rows: int) -> None:
     """`rows` unpublished outbox rows, as services stage them, with no relay running."""
-    await asyncio.to_thread(upgrade, "order_service", database_url)  # any service's outbox will do
+    await migrate("order_service", database_url)  # any service's outbox will do
     engine = create_async_engine(database_url, pool_size=1)
     try:
         async with engine.begin() as connection:
@@ -274,7 +275,7 @@ async def relay_drain(
 
 
 async def measure(
-    world: World,
+    world: System,
     meter: CpuMeter,
     progress: rich.progress.Progress,
     *,

@@ -1,7 +1,7 @@
 """The benchmark's own world: a fresh vhost, fresh databases and the four services on free ports.
 
 Nothing of `make up` is touched (its ports 8000-8003 and its databases): the benchmark starts its
-services the way the e2e tests do (`tests.support.system.System`), measures the CPU each process
+services the way the e2e tests do (`harness.system.running_system`), measures the CPU each process
 spends, and removes everything it created when it is done.
 """
 
@@ -11,10 +11,8 @@ import asyncio
 import contextlib
 import os
 import platform
-import random
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +20,28 @@ import httpx
 import psutil
 import psycopg
 
-from tests.support.broker import Vhost
-from tests.support.databases import create_database, drop_database
-from tests.support.servers import Servers, provide_servers
-from tests.support.system import SERVICES, System
+from harness.rabbitmq import ManagementApi
+from harness.servers import Servers, provide_servers
+from harness.system import SERVICES, System, running_system
 from tools.client import Urls
 from tools.postgres import libpq
 
 
-@dataclass
-class World:
-    servers: Servers
-    vhost: Vhost
-    databases: dict[str, str]
-    system: System
-    log_dir: Path
-    extra_databases: list[str] = field(default_factory=list)
-
-    @property
-    def urls(self) -> Urls:
-        return self.system.urls
-
-    def database(self, name: str) -> str:
-        """A further fresh database (baselines, relay drain), dropped with the world."""
-        url = create_database(self.servers.postgres_admin_url, name)
-        self.extra_databases.append(url)
-        return url
-
-
 @contextlib.contextmanager
-def isolated_world(extra_env: dict[str, str] | None = None) -> Iterator[World]:
+def isolated_world(extra_env: dict[str, str] | None = None) -> Iterator[System]:
     """Servers from `SAGA_TEST_*` (or local ones), a new vhost and databases, services started."""
-    with provide_servers() as servers:
-        vhost = Vhost.create(servers, name=f"bench-{os.getpid()}-{random.randrange(16**6):06x}")
-        databases: dict[str, str] = {}
-        world: World | None = None
-        try:
-            databases = {
-                name: create_database(servers.postgres_admin_url, name) for name in SERVICES
-            }
-            log_dir = Path(tempfile.mkdtemp(prefix="saga-bench-logs-"))
-            system = System.create(databases, vhost.amqp_url, log_dir, extra_env=extra_env)
-            world = World(servers, vhost, databases, system, log_dir)
-            system.start(timeout=120)
-            yield world
-        finally:
-            if world is not None:
-                world.system.stop()
-            vhost.delete()
-            for url in [*databases.values(), *(world.extra_databases if world else [])]:
-                with contextlib.suppress(Exception):
-                    drop_database(servers.postgres_admin_url, url)
+    log_dir = Path(tempfile.mkdtemp(prefix="saga-bench-logs-"))
+    with (
+        provide_servers() as servers,
+        running_system(
+            servers,
+            log_dir,
+            extra_env=extra_env,
+            label=f"bench-{os.getpid()}",
+            start_timeout=120,
+        ) as world,
+    ):
+        yield world
 
 
 # --- seeding ---------------------------------------------------------------------------------
@@ -148,11 +117,11 @@ def _rabbitmq_seconds() -> float | None:
 class CpuMeter:
     """CPU seconds spent by each service process, this process, and the two servers."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: System) -> None:
         self._procs = {
-            name: psutil.Process(service.proc.pid)
-            for name, service in world.system.services.items()
-            if service.proc is not None
+            name: psutil.Process(service.pid)
+            for name, service in world.services.items()
+            if service.pid is not None
         }
 
     def sample(self) -> dict[str, float]:
@@ -210,8 +179,7 @@ def describe_machine(servers: Servers) -> dict[str, Any]:
         postgres = row[0] if row else ""
     rabbitmq = ""
     with contextlib.suppress(Exception):
-        overview = httpx.get(f"{servers.rabbitmq_api.rstrip('/')}/api/overview", timeout=5).json()
-        rabbitmq = overview.get("rabbitmq_version", "")
+        rabbitmq = ManagementApi(servers.rabbitmq_api, timeout=5).overview()["rabbitmq_version"]
     return {
         "cpus": psutil.cpu_count(),
         "cpu_model": model,

@@ -1,6 +1,7 @@
-"""Where a service's CPU goes: a summary of py-spy's collapsed stacks (`--format raw`).
+"""Where a service's CPU goes: py-spy on each service during the throughput phase
+(`start_profilers`), and a summary of its collapsed stacks (`--format raw`).
 
-`python -m tools.bench_profile .run/bench/profile/order_service.folded` prints the share of busy
+`python -m tools.bench.profile .run/bench/profile/order_service.folded` prints the share of busy
 samples spent under each library (inclusive) and the functions with the most samples of their own.
 `make bench PROFILE=1` writes one such file per service during the throughput phase.
 """
@@ -9,8 +10,46 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+
+from harness.system import System
+
+
+def start_profilers(
+    world: System, directory: Path, seconds: float
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every service for `seconds`: a speedscope profile and collapsed stacks each."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    started = []
+    for name, service in world.services.items():
+        assert service.pid is not None
+        started.append(
+            subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(service.pid),
+                    "--duration",
+                    str(int(seconds)),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(directory / f"{name}.folded"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    return started
+
 
 #: Libraries by a piece of their path; the first that matches a frame names it.
 LIBRARIES = (
@@ -85,7 +124,7 @@ def summarize(path: Path, top: int = 25) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_profile")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench.profile")
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()

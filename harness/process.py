@@ -1,0 +1,180 @@
+"""One service as a process of its own (`python -m <service>`): start, wait until ready, stop, kill.
+
+The one supervisor of the project: the tests and the benchmark run the four services with it on
+free ports, `make up` / `make down` on their fixed ports. A process started with a `pid_file`
+outlives the object that started it: a later `ServiceProcess` with the same pid file (another
+command, `make down`) finds it, stops it or kills it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.wait import eventually_sync
+
+
+class NotReady(Exception):
+    """A service exited, or did not become ready in time: `reason`, then the tail of its log."""
+
+    def __init__(self, reason: str, log_tail: str) -> None:
+        super().__init__(f"{reason}:\n{log_tail}")
+        self.reason = reason
+
+
+@dataclass
+class ServiceProcess:
+    """`python -m <name>` with `env`, listening on `port`, its output appended to `log_path`."""
+
+    name: str  # the service's package
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    pid_file: Path | None = None
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process's id while it runs (started here, or found through the pid file)."""
+        if self._proc is not None:
+            return self._proc.pid if self._proc.poll() is None else None
+        if self.pid_file is None:
+            return None
+        try:
+            pid = int(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def returncode(self) -> int | None:
+        """How the process started here ended; None while it runs (or if not started here)."""
+        return None if self._proc is None else self._proc.poll()
+
+    def start(self) -> int:
+        """Start the process in a session of its own; returns its pid."""
+        if self.running:
+            raise RuntimeError(f"{self.name} is running (pid {self.pid})")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", self.name],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if self.pid_file is not None:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(str(self._proc.pid))
+        return self._proc.pid
+
+    def ready(self) -> bool:
+        """`GET /health/ready` answers 200: its database and broker answer."""
+        try:
+            response = httpx.get(f"{self.url}/health/ready?timeout=1", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Returns once the service is ready; `NotReady` if it exits first or the time runs out."""
+
+        def ready_or_exited() -> bool:
+            if not self.running:
+                code = "" if self.returncode is None else f" with status {self.returncode}"
+                raise NotReady(f"{self.name} exited{code}", self.log_tail())
+            return self.ready()
+
+        try:
+            eventually_sync(ready_or_exited, timeout=timeout, interval=0.05)
+        except TimeoutError:
+            raise NotReady(f"{self.name} not ready after {timeout:g}s", self.log_tail()) from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        """SIGTERM lets it finish what it holds; after `timeout`, or with SIGKILL, it is a crash."""
+        if self._proc is not None:
+            # Started here: wait through Popen, which keeps the exit status (`returncode`).
+            if self._proc.poll() is None:
+                self._proc.send_signal(sig)
+                try:
+                    self._proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    self._proc.wait()
+        elif (pid := self.pid) is not None:
+            os.kill(pid, sig)
+            try:
+                eventually_sync(lambda: not _alive(pid), timeout=timeout, interval=0.05)
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                eventually_sync(lambda: not _alive(pid), timeout=timeout, interval=0.05)
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no acks, no commits in flight."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Stop (if running), start and wait until ready."""
+        self.stop()
+        self.start()
+        self.wait_ready(timeout)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing, heartbeats included."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of this process's Prometheus samples `name` whose labels include `labels`."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _signal(self, sig: int) -> None:
+        pid = self.pid
+        if pid is None:
+            raise RuntimeError(f"{self.name} is not running")
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and has not exited; collected first if it is our child."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,164 @@
+"""An isolated copy of the system: the four services on free ports, fresh databases, a fresh vhost.
+
+`running_system(servers, log_dir)` makes the databases and the vhost on `servers`, starts the four
+services (each applies its migrations on start), waits until each is ready, and removes everything
+when the block ends. Nothing of `make up` is touched (its ports 8000-8003, its databases): the e2e
+and fault tests and the benchmark each run in a copy of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.databases import create_database, drop_database
+from harness.process import ServiceProcess
+from harness.rabbitmq import Vhost
+from harness.servers import Servers
+from tools.client import Urls
+
+SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
+
+#: Quicker than the default, so that a test waiting for a sweep does not wait long.
+RELAY_SWEEP_INTERVAL_S = "0.5"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_process(
+    name: str, database_url: str, amqp_url: str, log_dir: Path, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Service `name` on a free port of its own, on these servers; `env` adds to its environment.
+
+    Not started. It inherits this process's environment, but for armed crash points."""
+    port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if k != "ORDER_SAGA_CRASH_AT"}
+    return ServiceProcess(
+        name,
+        port,
+        {
+            **inherited,
+            "PYTHONUNBUFFERED": "1",
+            "PORT": str(port),
+            "DATABASE_URL": database_url,
+            "AMQP_URL": amqp_url,
+            "RELAY_SWEEP_INTERVAL_S": RELAY_SWEEP_INTERVAL_S,
+            **(env or {}),
+        },
+        log_dir / f"{name}.log",
+    )
+
+
+@dataclass
+class System:
+    """Four services, each on its own database, all in one vhost of `servers`' broker."""
+
+    servers: Servers
+    vhost: Vhost
+    log_dir: Path
+    databases: dict[str, str] = field(default_factory=dict)  # service -> database URL
+    #: By service name; replicas are `<service>#2`, `#3`, …
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+    extra_databases: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every process not running, then wait until each is ready."""
+        for service in self.services.values():
+            if not service.running:
+                service.start()
+        for service in self.services.values():
+            service.wait_ready(timeout)
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+    def add_replica(self, name: str) -> ServiceProcess:
+        """One more process of service `name` on a port of its own: the same database and vhost
+        (competing consumers on its queues, relays sharing its outbox). Not started; `stop()`
+        stops it with the others. It is `self["<name>#2"]`, `#3`, …"""
+        first = self.services[name]
+        key = f"{name}#{sum(s.name == name for s in self.services.values()) + 1}"
+        port = free_port()
+        self.services[key] = ServiceProcess(
+            name, port, {**first.env, "PORT": str(port)}, first.log_path.with_name(f"{key}.log")
+        )
+        return self.services[key]
+
+    def database(self, name: str) -> str:
+        """A further fresh database (for a baseline, a probe), dropped with the system."""
+        url = create_database(self.servers.postgres_admin_url, name)
+        self.extra_databases.append(url)
+        return url
+
+    def __getitem__(self, name: str) -> ServiceProcess:
+        return self.services[name]
+
+    @property
+    def urls(self) -> Urls:
+        return Urls(self.order, self.inventory, self.payment, self.notification)
+
+    @property
+    def order(self) -> str:
+        return self.services["order_service"].url
+
+    @property
+    def inventory(self) -> str:
+        return self.services["inventory_service"].url
+
+    @property
+    def payment(self) -> str:
+        return self.services["payment_service"].url
+
+    @property
+    def notification(self) -> str:
+        return self.services["notification_service"].url
+
+
+@contextlib.contextmanager
+def running_system(
+    servers: Servers,
+    log_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    per_service_env: dict[str, dict[str, str]] | None = None,
+    vhost: Vhost | None = None,
+    label: str = "test",
+    start_timeout: float = 60.0,
+) -> Iterator[System]:
+    """The four services started on fresh databases and a vhost (`<label>-<hex>`, unless one is
+    given: it is then left in place), stopped and cleaned up after. `extra_env` goes to every
+    service, `per_service_env[name]` to one."""
+    with contextlib.ExitStack() as cleanup:
+        if vhost is None:
+            vhost = Vhost.create(servers, f"{label}-{secrets.token_hex(6)}")
+            cleanup.callback(vhost.delete)
+        system = System(servers, vhost, log_dir)
+        # Run last: the databases go once every process holding sessions on them has stopped.
+        cleanup.callback(_drop_databases, system)
+        cleanup.callback(system.stop)
+        for name in SERVICES:
+            system.databases[name] = create_database(servers.postgres_admin_url, name)
+        # Ports picked just before the processes bind them: the shorter the gap, the smaller the
+        # chance that another process on the machine takes one meanwhile.
+        for name in SERVICES:
+            env = {**(extra_env or {}), **(per_service_env or {}).get(name, {})}
+            system.services[name] = service_process(
+                name, system.databases[name], vhost.amqp_url, log_dir, env
+            )
+        system.start(start_timeout)
+        yield system
+
+
+def _drop_databases(system: System) -> None:
+    for url in [*system.databases.values(), *system.extra_databases]:
+        drop_database(system.servers.postgres_admin_url, url, patience=120)

@@ -1,0 +1,131 @@
+"""`python -m tools.bench`: the command line of the benchmark (`--help`), the run in its own world,
+the result file and the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+import tools.bench
+from tools.bench.report import console, report
+from tools.bench.run import Settings, run
+from tools.bench.world import describe_machine, isolated_world
+
+#: Where results go by default, under the working directory (the repository, for `make bench`).
+RESULTS = Path(".run") / "bench"
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench", description=(tools.bench.__doc__ or "").split("\n")[0]
+    )
+    add = parser.add_argument
+    add("--rate", type=float, default=300, help="throughput phase: orders/s offered (300)")
+    add("--duration", type=float, default=60, help="throughput phase: seconds (60)")
+    add("--low-rate", type=float, default=20, help="low-rate phase: orders/s (20)")
+    add("--low-duration", type=float, default=15, help="low-rate phase: seconds (15)")
+    add("--concurrency", type=int, default=32, help="closed-loop phase: customers at once (32)")
+    add(
+        "--closed-duration", type=float, default=10, help="closed-loop phase: seconds, 0 skips (10)"
+    )
+    add("--warmup", type=float, default=3, help="warmup seconds at 50/s, not counted (3)")
+    add(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="open loop: most sagas open at once (default: one second's worth, at least 50)",
+    )
+    add("--skus", type=int, default=200)
+    add("--customers", type=int, default=1000)
+    add("--baseline-messages", type=int, default=5000)
+    add("--baseline-commit-s", type=float, default=2.0)
+    add("--commit-connections", type=int, default=8)
+    add("--drain-rows", type=int, default=5000)
+    add("--saga-timeout", type=float, default=60.0, help="give up on a saga after this (60 s)")
+    add("--seed", type=int, default=1)
+    add(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy each service during the throughput phase, into this folder",
+    )
+    add("--output", type=Path, default=None, help="result file (.run/bench/bench-<time>.json)")
+    add(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the services",
+    )
+    args = parser.parse_args(argv)
+    return Settings(
+        rate=args.rate,
+        duration=args.duration,
+        low_rate=args.low_rate,
+        low_duration=args.low_duration,
+        concurrency=args.concurrency,
+        closed_duration=args.closed_duration,
+        warmup=args.warmup,
+        max_in_flight=args.max_in_flight or int(max(50, args.rate)),
+        skus=args.skus,
+        customers=args.customers,
+        baseline_messages=args.baseline_messages,
+        baseline_commit_s=args.baseline_commit_s,
+        commit_connections=args.commit_connections,
+        drain_rows=args.drain_rows,
+        saga_timeout_s=args.saga_timeout,
+        seed=args.seed,
+        profile=args.profile,
+        output=args.output,
+        service_env=dict(item.split("=", 1) for item in args.env),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_args(argv)
+    # Stopped by a signal, the run still stops its services and drops its vhost and databases.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    started = datetime.now(UTC)
+    clock = time.perf_counter()
+    with isolated_world(settings.service_env) as world:
+        machine = describe_machine(world.servers)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            result = uvloop.run(run(settings, world, progress))
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()}
+    result = {
+        "started_at": started.isoformat(),
+        "run_s": round(time.perf_counter() - clock, 1),
+        "command": "python -m tools.bench " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "params": params,
+        **result,
+    }
+    output = settings.output or (RESULTS / f"bench-{started:%Y%m%dT%H%M%S}.json").resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+    print(f"result: {output}")
+    if result["check"]["violations"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
