@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from order_service import handlers
 from order_service.models import Order
-from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
+from web import IDEMPOTENCY_KEY, remember, replay, request_hash
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]

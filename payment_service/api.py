@@ -17,8 +17,8 @@ from litestar.params import Parameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
 from payment_service.models import Account, Deposit, Payment
+from web import IDEMPOTENCY_KEY, remember, replay, request_hash
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 # Litestar applies `Parameter` constraints to path and query parameters; it ignores `msgspec.Meta`

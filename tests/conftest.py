@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from outbox import Manifest, Messaging, ServiceSettings, faults
+from outbox import Manifest, Messaging, MessagingSettings, faults
 from tests.support.broker import Broker, Vhost
 from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers, provide_servers
@@ -85,7 +85,7 @@ async def start_service(
 
     async def start(
         manifest: Manifest,
-        settings_class: type[ServiceSettings],
+        settings_class: type[MessagingSettings],
         *,
         database_url: str,
         **overrides: Any,

@@ -32,12 +32,12 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from contracts import Item, OrderCreated, encode, event_name
-from outbox.migrations import upgrade
 from outbox.relay import Relay, to_message
 from outbox.tables import OutboxMessage
 from outbox.writer import child_traceparent
 from tools.bench_world import CpuMeter, World
 from tools.postgres import libpq
+from web.migrations import upgrade
 
 EXCHANGE = "bench.baseline"
 #: Messages sent one at a time, per round, to time a broker hop.

@@ -15,8 +15,8 @@ import httpx
 import msgspec
 import pytest
 
-from outbox.settings import ServiceSettings
 from tools.client import unique
+from web import ServiceSettings
 
 pytestmark = pytest.mark.e2e
 

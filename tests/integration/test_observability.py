@@ -19,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from contracts import Item, StockReserved
 from order_service.app import create_app
 from order_service.settings import Settings as OrderSettings
-from outbox.server import JsonFormatter
 from tests.support.broker import Broker, Vhost
 from tests.support.wait import eventually
+from web.server import JsonFormatter
 
 #: Far below the production default (30 s), so that the test sees a stuck relay quickly.
 STUCK_AFTER_S = 1.0

@@ -43,13 +43,13 @@ from notification_service.models import Notification
 from order_service import handlers as order_handlers
 from order_service.messaging import MANIFEST as ORDER
 from order_service.models import Order
-from outbox.migrations import upgrade
 from outbox.tables import InboxMessage, OutboxMessage
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
 from tests.support.bus import Bus, Delivery, Service
 from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers
+from web.migrations import upgrade
 
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 

@@ -10,11 +10,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox import Manifest, Messaging, ServiceSettings
+from outbox import Manifest, Messaging, MessagingSettings
 from outbox.faults import SimulatedCrash
-from outbox.migrations import upgrade
 from outbox.tables import InboxMessage, OutboxMessage
 from tests.support.broker import Broker
+from web.migrations import upgrade
 
 #: Quicker than production so that tests which wait for a sweep do not wait long.
 TEST_SETTINGS: dict[str, Any] = {"relay_sweep_interval_s": 0.2, "db_pool_size": 5}
@@ -27,7 +27,7 @@ async def migrate(package: str, database_url: str) -> None:
 
 async def start_messaging(
     manifest: Manifest,
-    settings_class: type[ServiceSettings],
+    settings_class: type[MessagingSettings],
     *,
     database_url: str,
     broker: Broker,

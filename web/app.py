@@ -1,4 +1,4 @@
-"""HTTP pieces every service shares: app assembly, transactions, health, metrics, idempotency keys."""
+"""A service's Litestar app: assembly, transactions, health, metrics, errors, idempotency keys."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox import migrations
 from outbox.faults import crash_point
 from outbox.runtime import Messaging
-from outbox.settings import ServiceSettings
 from outbox.tables import IdempotencyKey
+from web import migrations
+from web.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ async def _migrate_once_the_database_answers(settings: ServiceSettings) -> None:
 
 
 def create_service_app(
+    settings: ServiceSettings,
     messaging: Messaging,
     route_handlers: Sequence[ControllerRouterHandler],
     *,
@@ -167,8 +168,8 @@ def create_service_app(
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Litestar:
     """A service's Litestar app: its routes plus health, metrics and OpenAPI; its lifespan applies
-    migrations, then runs the messaging runtime and the service's own background loops."""
-    settings = messaging.settings
+    migrations, then runs the messaging runtime and the service's own background loops. Routes
+    find both in the app's state (`state.settings`, `state.messaging`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -189,7 +190,7 @@ def create_service_app(
     return Litestar(
         route_handlers=[health, ready, metrics_endpoint, *route_handlers],
         dependencies={"session": Provide(provide_transaction)},
-        state=State({"messaging": messaging}),
+        state=State({"messaging": messaging, "settings": settings}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
@@ -202,7 +203,7 @@ def create_service_app(
         },
         request_max_body_size=settings.max_body_bytes,
         before_request=_json_bodies_only,
-        logging_config=None,  # keep the process's JSON logging (outbox.server)
+        logging_config=None,  # keep the process's JSON logging (web.server)
         debug=False,
     )
 
