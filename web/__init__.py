@@ -6,7 +6,7 @@ and serves it with `web.server.main`; `docs/development.md` ("The web layer") te
 """
 
 from web.app import (
-    IDEMPOTENCY_KEY,
+    IdempotencyKeyHeader,
     create_service_app,
     remember,
     replay,
@@ -15,7 +15,7 @@ from web.app import (
 from web.settings import ServiceSettings
 
 __all__ = [
-    "IDEMPOTENCY_KEY",
+    "IdempotencyKeyHeader",
     "ServiceSettings",
     "create_service_app",
     "remember",

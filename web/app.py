@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
@@ -16,7 +16,7 @@ from litestar.di import Provide
 from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
@@ -59,7 +59,7 @@ def health() -> Health:
 
 @get("/health/ready", tags=["health"])
 async def ready(
-    state: State, timeout: float = Parameter(default=2.0, gt=0, le=60)
+    state: State, timeout: Annotated[float, QueryParameter(gt=0, le=60)] = 2.0
 ) -> Response[Health]:
     """200 when the database and the broker answer within `timeout` seconds and the relay moves."""
     messaging: Messaging = state.messaging
@@ -210,14 +210,17 @@ def create_service_app(
 
 # --- Idempotency-Key -------------------------------------------------------------------------
 
-IDEMPOTENCY_KEY = Parameter(
-    header="Idempotency-Key",
-    required=False,
-    min_length=1,
-    max_length=255,
-    pattern=r"^[\x21-\x7e]+$",
-    description="Retry-safe key: the same key and body replay the first response.",
-)
+#: A route's optional `Idempotency-Key` header: `idempotency_key: IdempotencyKeyHeader = None`.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe key: the same key and body replay the first response.",
+    ),
+]
 
 
 def request_hash(body: msgspec.Struct) -> str:
