@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
@@ -13,14 +14,14 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -107,10 +108,13 @@ def _database_unavailable(
 
 async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
     """A route that takes a body gets one, as JSON: another media type is refused with 415 rather
-    than parsed as JSON anyway, and a missing body gets a plain 400, not a riddle about `data`."""
-    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+    than parsed as JSON anyway, a missing body gets a plain 400, not a riddle about `data`, and a
+    body that is not exactly of the route's type gets a 400 that names the field."""
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
         return
-    if not await request.body():  # read once, kept for the handler; 413 past the size limit
+    body = await request.body()  # read once, kept for the handler; 413 past the size limit
+    if not body:
         raise ClientException(detail="this request needs a JSON body")
     media_type, _ = request.content_type
     if media_type != MediaType.JSON and not media_type.endswith("+json"):
@@ -118,6 +122,25 @@ async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
             status_code=415,
             detail=f"send the body as JSON (Content-Type: application/json), not {media_type!r}",
         )
+    # Litestar converts a body in msgspec's lax mode, made for query strings, so `"quantity": "5"`
+    # would become 5. JSON has types of its own: the body must have the schema's, as sent.
+    try:
+        _strict_decoder(data.annotation).decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).partition(" - at `$")
+        error: dict[str, str] = {"message": message, "source": "body"}
+        if at:
+            error["key"] = at.rstrip("`").removeprefix(".")
+        raise ValidationException(
+            detail=f"Validation failed for {request.method} {request.url.path}", extra=[error]
+        ) from exc
+    except msgspec.DecodeError:
+        return  # not JSON at all: Litestar's own decoding answers that
+
+
+@functools.cache
+def _strict_decoder(body_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(body_type, strict=True)
 
 
 def _too_deeply_nested(
@@ -196,7 +219,11 @@ def create_service_app(
             title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
         ),
         exception_handlers={
-            DBAPIError: _database_unavailable,
+            # Only a database out of reach is "unavailable, try again". Any other database error
+            # (a DataError: input that should have been refused; a ProgrammingError: a broken
+            # query) is a bug, and a 500 like any other.
+            OperationalError: _database_unavailable,
+            InterfaceError: _database_unavailable,
             PoolTimeoutError: _database_unavailable,
             RecursionError: _too_deeply_nested,
             Exception: _internal_error,
