@@ -10,8 +10,8 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from harness.wait import retry
-from outbox.migrations import upgrade
 from tools.postgres import libpq
+from web.migrations import upgrade
 
 
 def create_database(admin_url: str, name: str) -> str:

@@ -2,6 +2,6 @@
 
 from inventory_service.app import create_app
 from inventory_service.settings import Settings
-from outbox.server import main
+from web.server import main
 
 main(Settings.from_env(), create_app)

@@ -7,16 +7,17 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, put
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory_service.models import Product, Reservation
 
-# Litestar applies `Parameter` constraints to path parameters; it ignores `msgspec.Meta` there.
-Sku = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Litestar applies `PathParameter` constraints to path parameters; it ignores `msgspec.Meta` there.
+Sku = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,7 +73,7 @@ class ProductController(Controller):
 
     @put("/{sku:str}", status_code=200)
     async def put_product(
-        self, sku: Sku, data: ProductIn, session: AsyncSession
+        self, sku: Sku, data: JSONBody[ProductIn], session: NamedDependency[AsyncSession]
     ) -> Response[ProductOut]:
         """Create a product (201) or set its name, price and stock (200). Stock can't go below
         what is reserved (409); a new price applies to reservations made from now on."""
@@ -103,13 +104,13 @@ class ProductController(Controller):
         return Response(ProductOut.of(product), status_code=200 if created is None else 201)
 
     @get("/")
-    async def list_products(self, session: AsyncSession) -> list[ProductOut]:
+    async def list_products(self, session: NamedDependency[AsyncSession]) -> list[ProductOut]:
         """Every product, by sku."""
         products = await session.scalars(select(Product).order_by(Product.sku))
         return [ProductOut.of(product) for product in products]
 
     @get("/{sku:str}")
-    async def get_product(self, sku: Sku, session: AsyncSession) -> ProductOut:
+    async def get_product(self, sku: Sku, session: NamedDependency[AsyncSession]) -> ProductOut:
         product = await session.get(Product, sku)
         if product is None:
             raise NotFoundException(f"no product {sku}")
@@ -123,9 +124,9 @@ class ReservationController(Controller):
     @get("/")
     async def list_reservations(
         self,
-        session: AsyncSession,
-        limit: int = Parameter(default=100, ge=1, le=1000),
-        offset: int = Parameter(default=0, ge=0, le=10**9),
+        session: NamedDependency[AsyncSession],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[ReservationOut]:
         """Every order's reservation, by order id, a page at a time (for audits)."""
         reservations = await session.scalars(
@@ -134,7 +135,9 @@ class ReservationController(Controller):
         return [ReservationOut.of(reservation) for reservation in reservations]
 
     @get("/{order_id:uuid}")
-    async def get_reservation(self, order_id: uuid.UUID, session: AsyncSession) -> ReservationOut:
+    async def get_reservation(
+        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+    ) -> ReservationOut:
         """What inventory did for an order: reserved, committed (sold), released or rejected."""
         reservation = await session.get(Reservation, order_id)
         if reservation is None:

@@ -8,14 +8,13 @@ from inventory_service.api import ProductController, ReservationController
 from inventory_service.messaging import MANIFEST
 from inventory_service.settings import Settings
 from outbox import Messaging
-from outbox.http import create_service_app
+from web import create_service_app
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     messaging = Messaging(MANIFEST, settings)
     app = create_service_app(
-        messaging, [ProductController, ReservationController], title="inventory_service"
+        settings, messaging, [ProductController, ReservationController], title="inventory_service"
     )
-    app.state.settings = settings
     return app

@@ -1,6 +1,7 @@
 """inventory_service configuration: the shared settings with its own defaults."""
 
-from outbox import ServiceSettings, local_database_url
+from outbox import local_database_url
+from web import ServiceSettings
 
 
 class Settings(ServiceSettings, kw_only=True, frozen=True):

@@ -8,16 +8,17 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
 
-# A `Parameter`, not `msgspec.Meta`: Litestar ignores the latter on query parameters, and
-# PostgreSQL refuses the NUL byte an unchecked one lets through (a 503, not a 400).
+# A `QueryParameter`, not `msgspec.Meta`: Litestar ignores the latter on query parameters, and
+# PostgreSQL refuses the NUL byte an unchecked one lets through (a 500, not a 400).
 SomeCustomerId = Annotated[
-    str | None, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    str | None, QueryParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 
 
@@ -48,11 +49,11 @@ class NotificationController(Controller):
     @get("/")
     async def list_notifications(
         self,
-        session: AsyncSession,
-        order_id: uuid.UUID | None = None,
+        session: NamedDependency[AsyncSession],
+        order_id: FromQuery[uuid.UUID | None] = None,
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[NotificationOut]:
         """The latest `limit` notifications after skipping the `offset` latest, oldest first: of
         one order with `order_id`, of one customer with `customer_id`, of everyone with neither."""

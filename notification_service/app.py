@@ -8,12 +8,13 @@ from notification_service.api import NotificationController
 from notification_service.messaging import MANIFEST
 from notification_service.settings import Settings
 from outbox import Messaging
-from outbox.http import create_service_app
+from web import create_service_app
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     messaging = Messaging(MANIFEST, settings)
-    app = create_service_app(messaging, [NotificationController], title="notification_service")
-    app.state.settings = settings
+    app = create_service_app(
+        settings, messaging, [NotificationController], title="notification_service"
+    )
     return app

@@ -9,15 +9,16 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
-from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
+from web import IdempotencyKeyHeader, remember, replay, request_hash
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
@@ -70,10 +71,10 @@ class OrderController(Controller):
     @post("/", status_code=201)
     async def place_order(
         self,
-        data: PlaceOrder,
-        session: AsyncSession,
+        data: JSONBody[PlaceOrder],
+        session: NamedDependency[AsyncSession],
         state: State,
-        idempotency_key: str | None = IDEMPOTENCY_KEY,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[OrderOut] | Response[bytes]:
         """Place an order: it starts `pending`, and the saga takes it from there."""
         body_hash = request_hash(data)
@@ -95,7 +96,9 @@ class OrderController(Controller):
         return Response(body, status_code=201, headers={"Location": location})
 
     @get("/{order_id:uuid}")
-    async def get_order(self, order_id: uuid.UUID, session: AsyncSession) -> OrderOut:
+    async def get_order(
+        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+    ) -> OrderOut:
         order = await session.get(Order, order_id)
         if order is None:
             raise NotFoundException(f"no order {order_id}")
@@ -104,12 +107,13 @@ class OrderController(Controller):
     @get("/")
     async def list_orders(
         self,
-        session: AsyncSession,
-        customer_id: str | None = Parameter(
-            default=None, min_length=1, max_length=64, pattern=NAME_PATTERN
-        ),
-        limit: int = Parameter(default=100, ge=1, le=1000),
-        offset: int = Parameter(default=0, ge=0, le=10**9),  # past a bigint: a 503, not a 400
+        session: NamedDependency[AsyncSession],
+        customer_id: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=64, pattern=NAME_PATTERN)
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        # Past a bigint, PostgreSQL would refuse the offset: a 500 rather than a 400.
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[OrderOut]:
         """Orders, newest first; of one customer with `customer_id`."""
         query = (
@@ -123,7 +127,9 @@ class OrderController(Controller):
         return [OrderOut.of(order) for order in await session.scalars(query)]
 
     @post("/{order_id:uuid}/cancel", status_code=202)
-    async def cancel_order(self, order_id: uuid.UUID, session: AsyncSession) -> Response[OrderOut]:
+    async def cancel_order(
+        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+    ) -> Response[OrderOut]:
         """Cancel in any status but cancelled (202); cancelling a cancelled order answers 200."""
         order, changed = await handlers.cancel_order(session, order_id)
         if order is None:

@@ -12,8 +12,8 @@ from order_service.api import OrderController
 from order_service.messaging import MANIFEST
 from order_service.settings import Settings
 from outbox import Messaging
-from outbox.http import create_service_app
 from outbox.unit import begin
+from web import create_service_app
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 await asyncio.sleep(settings.timeout_sweep_interval_s)
 
     app = create_service_app(
-        messaging, [OrderController], title="order_service", background=[sweep_deadlines]
+        settings, messaging, [OrderController], title="order_service", background=[sweep_deadlines]
     )
-    app.state.settings = settings
     return app

@@ -7,15 +7,15 @@ that changes its state; everything else is wired by `Messaging` from the service
 from outbox.manifest import Handler, Manifest
 from outbox.parsing import PoisonMessage
 from outbox.runtime import Messaging
-from outbox.settings import ServiceSettings, local_database_url
+from outbox.settings import MessagingSettings, local_database_url
 from outbox.writer import add
 
 __all__ = [
     "Handler",
     "Manifest",
     "Messaging",
+    "MessagingSettings",
     "PoisonMessage",
-    "ServiceSettings",
     "add",
     "local_database_url",
 ]

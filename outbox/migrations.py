@@ -1,16 +1,10 @@
-"""Alembic support shared by the four services: the messaging tables and a locked `env.py`."""
+"""The messaging tables in alembic: each service's first revision creates them (and drops them)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sqlalchemy as sa
-from alembic import command, context, op
-from alembic.config import Config
+from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
-
-# Any constant will do: one lock per database, so replicas starting together migrate in turn.
-_MIGRATION_LOCK = 7_013_001
 
 
 def create_messaging_tables() -> None:
@@ -69,37 +63,3 @@ def create_messaging_tables() -> None:
 def drop_messaging_tables() -> None:
     for table in ("idempotency_keys", "inbox", "outbox"):
         op.drop_table(table)
-
-
-def run_env() -> None:
-    """Body of every service's `migrations/env.py`: online migrations under an advisory lock."""
-    url = context.config.get_main_option("sqlalchemy.url")
-    assert url is not None, "alembic_config() sets sqlalchemy.url"
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
-        try:
-            context.configure(connection=connection, transaction_per_migration=True)
-            with context.begin_transaction():
-                context.run_migrations()
-            connection.commit()
-        finally:
-            connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
-            connection.commit()
-    engine.dispose()
-
-
-def upgrade(package: str, database_url: str, revision: str = "head") -> None:
-    """Apply `package`'s migrations (e.g. "order_service") to `database_url`."""
-    command.upgrade(alembic_config(package, database_url), revision)
-
-
-def alembic_config(package: str, database_url: str) -> Config:
-    import importlib
-
-    module = importlib.import_module(package)
-    assert module.__file__ is not None
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(module.__file__).parent / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return cfg

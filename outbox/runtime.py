@@ -22,7 +22,7 @@ from outbox import metrics
 from outbox.consumer import Consumer
 from outbox.manifest import Manifest, dead_letter_queue
 from outbox.relay import Relay, purge_expired
-from outbox.settings import ServiceSettings
+from outbox.settings import MessagingSettings
 from outbox.tables import OutboxMessage
 from outbox.topology import declare_exchange
 from outbox.writer import OutboxSession, session_info
@@ -38,7 +38,7 @@ class Messaging:
     reconnects by itself, and the consumer's queues and the relay's channel come back with it.
     """
 
-    def __init__(self, manifest: Manifest, settings: ServiceSettings) -> None:
+    def __init__(self, manifest: Manifest, settings: MessagingSettings) -> None:
         self.manifest = manifest
         self.settings = settings
         # A fixed pool, sized for what runs at once (consumer transactions, the relay, HTTP

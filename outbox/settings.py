@@ -1,4 +1,4 @@
-"""Settings every service shares; each service's `settings.py` extends them with its own defaults."""
+"""Settings of the messaging runtime; `web.ServiceSettings` adds those of a service's process."""
 
 from __future__ import annotations
 
@@ -13,18 +13,16 @@ def local_database_url(database: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
 
 
-class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
-    """Configuration of one service process. Read once, from the environment, by `from_env`.
+class MessagingSettings(msgspec.Struct, kw_only=True, frozen=True):
+    """Configuration of one service's messaging. Read once, from the environment, by `from_env`.
 
-    Each field is set by the environment variable of its upper-cased name (`DATABASE_URL`, `PORT`, …).
+    Each field is set by the environment variable of its upper-cased name (`DATABASE_URL`, `AMQP_URL`, …).
     """
 
     service: str
-    port: int
     database_url: str
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     exchange: str = "events"
-    host: str = "127.0.0.1"
     #: Database connections the process keeps open (no overflow: none opened under load).
     db_pool_size: int = 10
     #: Unacked messages the broker hands each queue's consumer ahead.
@@ -52,9 +50,6 @@ class ServiceSettings(msgspec.Struct, kw_only=True, frozen=True):
     handler_max_attempts: int = 16
     retention_s: float = 7 * 24 * 3600.0
     purge_interval_s: float = 60.0
-    migrate_on_start: bool = True
-    max_body_bytes: int = 64 * 1024
-    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:

@@ -1,7 +1,7 @@
 """`python -m payment_service [serve|migrate]`."""
 
-from outbox.server import main
 from payment_service.app import create_app
 from payment_service.settings import Settings
+from web.server import main
 
 main(Settings.from_env(), create_app)

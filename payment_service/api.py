@@ -12,20 +12,23 @@ from typing import Annotated
 
 import msgspec
 from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox.http import IDEMPOTENCY_KEY, remember, replay, request_hash
 from payment_service.models import Account, Deposit, Payment
+from web import IdempotencyKeyHeader, remember, replay, request_hash
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-# Litestar applies `Parameter` constraints to path and query parameters; it ignores `msgspec.Meta`
-# there, and PostgreSQL refuses the NUL byte an unchecked one lets through (a 503, not a 400).
-CustomerId = Annotated[str, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# Litestar applies `PathParameter` and `QueryParameter` constraints; it ignores `msgspec.Meta` on
+# parameters, and PostgreSQL refuses the NUL byte an unchecked one lets through (a 500, not a 400).
+CustomerId = Annotated[
+    str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+]
 SomeCustomerId = Annotated[
-    str | None, Parameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    str | None, QueryParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 ]
 #: Largest amount one request may move: far above any real payment, far below bigint overflow.
 MAX_CENTS = 10**12
@@ -90,7 +93,9 @@ class AccountController(Controller):
     tags = ["accounts"]
 
     @post("/", status_code=201)
-    async def open_account(self, data: OpenAccount, session: AsyncSession) -> Response[AccountOut]:
+    async def open_account(
+        self, data: JSONBody[OpenAccount], session: NamedDependency[AsyncSession]
+    ) -> Response[AccountOut]:
         """Open an account (409 if it exists); the opening balance is recorded as a deposit."""
         if await session.get(Account, data.customer_id) is not None:
             raise ClientException(status_code=409, detail=f"account {data.customer_id} exists")
@@ -107,16 +112,18 @@ class AccountController(Controller):
     @get("/")
     async def list_accounts(
         self,
-        session: AsyncSession,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+        session: NamedDependency[AsyncSession],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[AccountOut]:
         """Every account, by customer id, a page at a time (for audits)."""
         query = select(Account).order_by(Account.customer_id).limit(limit).offset(offset)
         return [AccountOut.of(account) for account in await session.scalars(query)]
 
     @get("/{customer_id:str}")
-    async def get_account(self, customer_id: CustomerId, session: AsyncSession) -> AccountOut:
+    async def get_account(
+        self, customer_id: CustomerId, session: NamedDependency[AsyncSession]
+    ) -> AccountOut:
         account = await session.get(Account, customer_id)
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
@@ -126,9 +133,9 @@ class AccountController(Controller):
     async def deposit(
         self,
         customer_id: CustomerId,
-        data: MakeDeposit,
-        session: AsyncSession,
-        idempotency_key: str | None = IDEMPOTENCY_KEY,
+        data: JSONBody[MakeDeposit],
+        session: NamedDependency[AsyncSession],
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[AccountOut] | Response[bytes]:
         """Pay money in; answers the account with its new balance."""
         body_hash = request_hash(data)
@@ -154,10 +161,10 @@ class DepositController(Controller):
     @get("/")
     async def list_deposits(
         self,
-        session: AsyncSession,
+        session: NamedDependency[AsyncSession],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[DepositOut]:
         """Deposits, oldest first; of one customer with `customer_id`."""
         query = (
@@ -176,7 +183,9 @@ class PaymentController(Controller):
     tags = ["payments"]
 
     @get("/{order_id:uuid}")
-    async def get_payment(self, order_id: uuid.UUID, session: AsyncSession) -> PaymentOut:
+    async def get_payment(
+        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+    ) -> PaymentOut:
         """What was done about an order's payment; `payment_id` is null unless it was charged."""
         payment = await session.get(Payment, order_id)
         if payment is None:
@@ -186,10 +195,10 @@ class PaymentController(Controller):
     @get("/")
     async def list_payments(
         self,
-        session: AsyncSession,
+        session: NamedDependency[AsyncSession],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, Parameter(ge=0, le=10**9)] = 0,
+        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
     ) -> list[PaymentOut]:
         """Payments, oldest first; of one customer with `customer_id`."""
         query = (

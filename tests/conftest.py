@@ -23,7 +23,7 @@ import pytest
 from harness.databases import create_database, drop_database, migrate
 from harness.rabbitmq import Vhost
 from harness.servers import Servers, provide_servers
-from outbox import Manifest, Messaging, ServiceSettings, faults
+from outbox import Manifest, Messaging, MessagingSettings, faults
 from tests.support.broker import Broker
 from tests.support.services import start_messaging, stop_messaging
 
@@ -86,7 +86,7 @@ async def start_service(
 
     async def start(
         manifest: Manifest,
-        settings_class: type[ServiceSettings],
+        settings_class: type[MessagingSettings],
         *,
         database_url: str,
         **overrides: Any,

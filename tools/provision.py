@@ -250,7 +250,7 @@ def provision(
         )
         print(f"provisioned {service}: RabbitMQ user and PostgreSQL role {service!r}")
         if migrate:
-            from outbox.migrations import upgrade
+            from web.migrations import upgrade
 
             upgrade(service, database_url(POSTGRES_ADMIN_DSN, service, service, secret))
             print(f"migrated {service}")

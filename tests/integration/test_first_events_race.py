@@ -18,10 +18,9 @@ from contracts import Event, Item, OrderCancelled, OrderCreated, StockReserved
 from inventory_service.messaging import MANIFEST as INVENTORY
 from inventory_service.models import Product, Reservation
 from inventory_service.settings import Settings as InventorySettings
-from outbox import Manifest, Messaging
+from outbox import Manifest, Messaging, MessagingSettings
 from outbox.consumer import deliver
 from outbox.inbox import Delivery
-from outbox.settings import ServiceSettings
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
 from payment_service.settings import Settings as PaymentSettings
@@ -47,7 +46,7 @@ async def race(manifest: Manifest, messaging: Messaging, *events: Event) -> list
 async def service(
     migrated_database: Callable[[str], Awaitable[str]],
     manifest: Manifest,
-    settings_class: type[ServiceSettings],
+    settings_class: type[MessagingSettings],
 ) -> Messaging:
     url = await migrated_database(manifest.service)
     return Messaging(manifest, settings_class(database_url=url))

@@ -29,8 +29,7 @@ from harness.databases import create_database, drop_database, migrate
 from harness.rabbitmq import Vhost
 from harness.servers import Servers
 from harness.wait import eventually
-from outbox import Manifest
-from outbox.settings import ServiceSettings
+from outbox import Manifest, MessagingSettings
 from outbox.topology import declare_exchange, declare_queues
 from tests.support.broker import Broker, message_for
 from tools.postgres import libpq
@@ -218,9 +217,8 @@ async def test_each_service_migrates_declares_its_queues_and_publishes_under_its
     await migrate(service, account.database_url)
     messaging = await start_service(
         account.manifest,
-        ServiceSettings,
+        MessagingSettings,
         service=service,
-        port=0,
         database_url=account.database_url,
         amqp_url=account.amqp_url,
     )
@@ -251,9 +249,8 @@ async def test_a_database_the_superuser_created_and_migrated_is_handed_over_to_t
     await migrate("order_service", order.database_url)  # as the role: nothing left to do
     messaging = await start_service(
         order.manifest,
-        ServiceSettings,
+        MessagingSettings,
         service="order_service",
-        port=0,
         database_url=order.database_url,
         amqp_url=order.amqp_url,
     )

@@ -21,8 +21,8 @@ from harness.rabbitmq import Vhost
 from harness.wait import eventually
 from order_service.app import create_app
 from order_service.settings import Settings as OrderSettings
-from outbox.server import JsonFormatter
 from tests.support.broker import Broker
+from web.server import JsonFormatter
 
 #: Far below the production default (30 s), so that the test sees a stuck relay quickly.
 STUCK_AFTER_S = 1.0

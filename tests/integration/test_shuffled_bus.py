@@ -46,12 +46,12 @@ from order_service import handlers as order_handlers
 from order_service.messaging import MANIFEST as ORDER
 from order_service.models import Order
 from order_service.store import Orders
-from outbox.migrations import upgrade
 from outbox.tables import InboxMessage, OutboxMessage
 from outbox.unit import begin
 from payment_service.messaging import MANIFEST as PAYMENT
 from payment_service.models import Account, Payment
 from tests.support.bus import Bus, Delivery, Service
+from web.migrations import upgrade
 
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from outbox import Manifest, Messaging, ServiceSettings
+from outbox import Manifest, Messaging, MessagingSettings
 from outbox.faults import SimulatedCrash
 from outbox.tables import InboxMessage, OutboxMessage
 from tests.support.broker import Broker
@@ -20,7 +20,7 @@ TEST_SETTINGS: dict[str, Any] = {"relay_sweep_interval_s": 0.2, "db_pool_size": 
 
 async def start_messaging(
     manifest: Manifest,
-    settings_class: type[ServiceSettings],
+    settings_class: type[MessagingSettings],
     *,
     database_url: str,
     broker: Broker,

@@ -17,17 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts import Event, event_name
-from outbox import Handler, Manifest, ServiceSettings, local_database_url, transaction
+from outbox import Handler, Manifest, MessagingSettings, local_database_url, transaction
 from outbox.transaction import BulkInsert
 from outbox.unit import Unit
 
 SERVICE = "probe_service"
-MIGRATIONS = __name__  # for outbox.migrations.upgrade
+MIGRATIONS = __name__  # for web.migrations.upgrade
 
 
-class Settings(ServiceSettings, kw_only=True, frozen=True):
+class Settings(MessagingSettings, kw_only=True, frozen=True):
     service: str = SERVICE
-    port: int = 0
     database_url: str = local_database_url(SERVICE)
 
 

@@ -1,3 +1,3 @@
-from outbox.migrations import run_env
+from web.migrations import run_env
 
 run_env()

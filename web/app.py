@@ -1,36 +1,37 @@
-"""HTTP pieces every service shares: app assembly, transactions, health, metrics, idempotency keys."""
+"""A service's Litestar app: assembly, transactions, health, metrics, errors, idempotency keys."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import psycopg
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from outbox import migrations
 from outbox.faults import crash_point
 from outbox.runtime import Messaging
-from outbox.settings import ServiceSettings
 from outbox.tables import IdempotencyKey
 from outbox.unit import begin
+from web import migrations
+from web.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def health() -> Health:
 
 @get("/health/ready", tags=["health"])
 async def ready(
-    state: State, timeout: float = Parameter(default=2.0, gt=0, le=60)
+    state: State, timeout: Annotated[float, QueryParameter(gt=0, le=60)] = 2.0
 ) -> Response[Health]:
     """200 when the database and the broker answer within `timeout` seconds and the relay moves."""
     messaging: Messaging = state.messaging
@@ -108,10 +109,13 @@ def _database_unavailable(
 
 async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
     """A route that takes a body gets one, as JSON: another media type is refused with 415 rather
-    than parsed as JSON anyway, and a missing body gets a plain 400, not a riddle about `data`."""
-    if "data" not in request.route_handler.parsed_fn_signature.parameters:
+    than parsed as JSON anyway, a missing body gets a plain 400, not a riddle about `data`, and a
+    body that is not exactly of the route's type gets a 400 that names the field."""
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
         return
-    if not await request.body():  # read once, kept for the handler; 413 past the size limit
+    body = await request.body()  # read once, kept for the handler; 413 past the size limit
+    if not body:
         raise ClientException(detail="this request needs a JSON body")
     media_type, _ = request.content_type
     if media_type != MediaType.JSON and not media_type.endswith("+json"):
@@ -119,6 +123,25 @@ async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
             status_code=415,
             detail=f"send the body as JSON (Content-Type: application/json), not {media_type!r}",
         )
+    # Litestar converts a body in msgspec's lax mode, made for query strings, so `"quantity": "5"`
+    # would become 5. JSON has types of its own: the body must have the schema's, as sent.
+    try:
+        _strict_decoder(data.annotation).decode(body)
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).partition(" - at `$")
+        error: dict[str, str] = {"message": message, "source": "body"}
+        if at:
+            error["key"] = at.rstrip("`").removeprefix(".")
+        raise ValidationException(
+            detail=f"Validation failed for {request.method} {request.url.path}", extra=[error]
+        ) from exc
+    except msgspec.DecodeError:
+        return  # not JSON at all: Litestar's own decoding answers that
+
+
+@functools.cache
+def _strict_decoder(body_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(body_type, strict=True)
 
 
 def _too_deeply_nested(
@@ -161,6 +184,7 @@ async def _migrate_once_the_database_answers(settings: ServiceSettings) -> None:
 
 
 def create_service_app(
+    settings: ServiceSettings,
     messaging: Messaging,
     route_handlers: Sequence[ControllerRouterHandler],
     *,
@@ -168,8 +192,8 @@ def create_service_app(
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
 ) -> Litestar:
     """A service's Litestar app: its routes plus health, metrics and OpenAPI; its lifespan applies
-    migrations, then runs the messaging runtime and the service's own background loops."""
-    settings = messaging.settings
+    migrations, then runs the messaging runtime and the service's own background loops. Routes
+    find both in the app's state (`state.settings`, `state.messaging`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -190,35 +214,44 @@ def create_service_app(
     return Litestar(
         route_handlers=[health, ready, metrics_endpoint, *route_handlers],
         dependencies={"session": Provide(provide_transaction)},
-        state=State({"messaging": messaging}),
+        state=State({"messaging": messaging, "settings": settings}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
             title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
         ),
         exception_handlers={
-            DBAPIError: _database_unavailable,
+            # Only a database out of reach is "unavailable, try again". Any other database error
+            # (a DataError: input that should have been refused; a ProgrammingError: a broken
+            # query) is a bug, and a 500 like any other. The hot path talks to psycopg directly
+            # (outbox.transaction), so psycopg's own connection-level errors count too.
+            OperationalError: _database_unavailable,
+            InterfaceError: _database_unavailable,
             psycopg.OperationalError: _database_unavailable,
+            psycopg.InterfaceError: _database_unavailable,
             PoolTimeoutError: _database_unavailable,
             RecursionError: _too_deeply_nested,
             Exception: _internal_error,
         },
         request_max_body_size=settings.max_body_bytes,
         before_request=_json_bodies_only,
-        logging_config=None,  # keep the process's JSON logging (outbox.server)
+        logging_config=None,  # keep the process's JSON logging (web.server)
         debug=False,
     )
 
 
 # --- Idempotency-Key -------------------------------------------------------------------------
 
-IDEMPOTENCY_KEY = Parameter(
-    header="Idempotency-Key",
-    required=False,
-    min_length=1,
-    max_length=255,
-    pattern=r"^[\x21-\x7e]+$",
-    description="Retry-safe key: the same key and body replay the first response.",
-)
+#: A route's optional `Idempotency-Key` header: `idempotency_key: IdempotencyKeyHeader = None`.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe key: the same key and body replay the first response.",
+    ),
+]
 
 
 def request_hash(body: msgspec.Struct) -> str:

@@ -12,8 +12,8 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from outbox import migrations
-from outbox.settings import ServiceSettings
+from web import migrations
+from web.settings import ServiceSettings
 
 
 class JsonFormatter(logging.Formatter):
