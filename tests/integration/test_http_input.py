@@ -25,6 +25,10 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 
+from harness.databases import create_database, drop_database
+from harness.rabbitmq import Vhost
+from harness.servers import Servers
+from harness.wait import eventually_sync
 from inventory_service.app import create_app as inventory_app
 from inventory_service.settings import Settings as InventorySettings
 from notification_service.app import create_app as notification_app
@@ -33,10 +37,6 @@ from order_service.app import create_app as order_app
 from order_service.settings import Settings as OrderSettings
 from payment_service.app import create_app as payment_app
 from payment_service.settings import Settings as PaymentSettings
-from tests.support.broker import Vhost
-from tests.support.databases import create_database, drop_database
-from tests.support.servers import Servers
-from tests.support.wait import eventually_sync
 from tools.client import TERMINAL, unique
 from web import ServiceSettings
 

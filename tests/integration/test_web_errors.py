@@ -18,10 +18,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from harness.rabbitmq import Vhost
+from harness.servers import Servers
 from outbox import Messaging
 from tests.support import probe
-from tests.support.broker import Vhost
-from tests.support.servers import Servers
 from web import ServiceSettings, create_service_app
 from web.migrations import upgrade
 
