@@ -70,7 +70,7 @@ demo: export ORDER_TIMEOUT_S ?= 10
 demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then check the invariants
 	$(PY) -m tools.demo $(if $(SCENARIO),--scenario $(SCENARIO))
 
-check: install ## Check the guarantees (SPEC §7) on the running services (WAIT=<s> to wait until at rest)
+check: install ## Check the guarantees (docs/spec.md §7) on the running services (WAIT=<s> to wait until at rest)
 	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
 
 trace: install ## Print one saga's timeline hop by hop: make trace ORDER=<order id>

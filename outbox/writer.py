@@ -81,7 +81,7 @@ def add(session: AsyncSession, event: Event) -> None:
     """Stage `event` in the session's transaction; it is published only if that transaction commits.
 
     Its outbox row is inserted as the transaction commits, with every other event it staged, in one
-    statement: cheaper than an ORM object per event (see README, Performance). The outgoing message
+    statement: cheaper than an ORM object per event (see docs/performance.md). The outgoing message
     inherits the trace of the message being handled, if any, and records it as its cause. Staging
     an event the service does not declare in its manifest is a bug.
     """
