@@ -2,7 +2,14 @@
 
 SHELL := /bin/bash
 PY := .venv/bin/python
-VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# The whole dependency tree, pinned with hashes: `make lock` writes these from pyproject.toml.
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+UV := uv==0.13.8
+# Valid on any platform Python 3.11 runs on (the Linux image included); the runtime lock takes the
+# dev lock's versions, so that the image runs what the tests ran.
+UV_COMPILE := --quiet pyproject.toml --universal --generate-hashes --custom-compile-command 'make lock'
+VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml $(wildcard $(DEV_LOCK)) | sha1sum | cut -c1-12)
 
 # Servers the tests use: local ones by default; unset them to let testcontainers start some.
 export SAGA_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
@@ -10,17 +17,26 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot
+.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
-install: $(VENV_STAMP) ## Create .venv and install the project with its dev tools
+install: $(VENV_STAMP) ## Create .venv from requirements-dev.lock, then install the project in it
 
-$(VENV_STAMP): pyproject.toml
+# pip check fails the install when the lock misses or contradicts what pyproject.toml asks for.
+$(VENV_STAMP): pyproject.toml $(DEV_LOCK)
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -r $(DEV_LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip check || { echo "$(DEV_LOCK) does not match pyproject.toml: run make lock"; exit 1; }
 	rm -f .venv/.installed-* && touch $@
+
+lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.toml (ARGS="--upgrade")
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install --quiet --disable-pip-version-check '$(UV)'
+	.venv/bin/uv pip compile $(UV_COMPILE) --extra dev $(ARGS) -o $(DEV_LOCK)
+	.venv/bin/uv pip compile $(UV_COMPILE) --constraint $(DEV_LOCK) -o $(LOCK)
 
 servers: install ## Make sure local PostgreSQL and RabbitMQ (with its management UI) are running
 	$(PY) -m tools.servers
@@ -57,7 +73,7 @@ demo: export ORDER_TIMEOUT_S ?= 10
 demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then check the invariants
 	$(PY) -m tools.demo $(if $(SCENARIO),--scenario $(SCENARIO))
 
-check: install ## Check the guarantees (SPEC §7) on the running services (WAIT=<s> to wait until at rest)
+check: install ## Check the guarantees (docs/spec.md §7) on the running services (WAIT=<s> to wait until at rest)
 	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
 
 trace: install ## Print one saga's timeline hop by hop: make trace ORDER=<order id>

@@ -1,4 +1,4 @@
-"""The saga's events (SPEC §4) as msgspec Structs in one tagged union.
+"""The saga's events (docs/spec.md §4) as msgspec Structs in one tagged union.
 
 Each event's tag is its class name, which is also its routing key on the `events` exchange.
 Events are facts in the past tense. Contracts only grow: a new field gets a default, and a

@@ -1,4 +1,4 @@
-"""inventory_service's HTTP API: manage products and their stock, look up reservations (SPEC §6)."""
+"""inventory_service's HTTP API: manage products and their stock, look up reservations (docs/spec.md §6)."""
 
 from __future__ import annotations
 

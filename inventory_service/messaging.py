@@ -23,7 +23,7 @@ CONSUMES: dict[type[Event], Handler] = {
     OrderCancelled: handlers.release_stock,
 }
 EMITS = (StockReserved, StockFailed, StockCommitted, StockReleased)
-# Published for whoever wants to know; no service of ours needs it (SPEC §2).
+# Published for whoever wants to know; no service of ours needs it (docs/spec.md §2).
 BROADCASTS = (StockReleased,)
 
 MANIFEST = Manifest(SERVICE, CONSUMES, EMITS, BROADCASTS, unit=Stock)

@@ -1,4 +1,4 @@
-"""notification_service's HTTP API: what customers were told (SPEC §6)."""
+"""notification_service's HTTP API: what customers were told (docs/spec.md §6)."""
 
 from __future__ import annotations
 

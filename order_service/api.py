@@ -1,4 +1,4 @@
-"""order_service's HTTP API: place, follow and cancel orders (SPEC §6)."""
+"""order_service's HTTP API: place, follow and cancel orders (docs/spec.md §6)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ _Row = TypeVar("_Row", Staged, Row[Any], OutboxMessage)
 
 
 def to_message(row: OutboxRow, service: str) -> aio_pika.Message:
-    """The AMQP message for an outbox row: the properties and headers of SPEC §3."""
+    """The AMQP message for an outbox row: the properties and headers of docs/spec.md §3."""
     headers: dict[str, FieldValue] = {
         "traceparent": row.traceparent,
         "schema_version": SCHEMA_VERSION,

@@ -1,4 +1,4 @@
-"""payment_service's HTTP API: open accounts, deposit money, look at payments (SPEC §6).
+"""payment_service's HTTP API: open accounts, deposit money, look at payments (docs/spec.md §6).
 
 Deposits and payments can be listed too, so that money can be audited: a balance equals the
 account's deposits, minus its charged payments (succeeded or refunded), plus its refunded ones.

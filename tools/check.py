@@ -1,4 +1,4 @@
-"""`make check` / `python -m tools.check`: are the guarantees of SPEC §7 (items 2-6) kept?
+"""`make check` / `python -m tools.check`: are the guarantees of docs/spec.md §7 (items 2-6) kept?
 
 Reads everything at once through the services' HTTP APIs (orders, reservations, products, accounts,
 deposits, payments, notifications, each service's outbox backlog from `/metrics`) and RabbitMQ's
@@ -46,7 +46,7 @@ class Unreachable(Exception):
 
 @dataclass(frozen=True)
 class Violation:
-    guarantee: str  # which guarantee of SPEC §7: terminal, money, stock, notifications, pipes
+    guarantee: str  # which of docs/spec.md §7: terminal, money, stock, notifications, pipes
     subject: str  # what it concerns: an order id, account, sku, queue or service
     detail: str
 
@@ -102,7 +102,7 @@ def check(
     baseline: dict[str, int] | None = None,
     wait: float = 0.0,
 ) -> Report:
-    """Check SPEC §7 items 2-6 over the running system; with `wait`, re-check until clean or that
+    """Check docs/spec.md §7 items 2-6 over the running system; with `wait`, re-check until clean or that
     many seconds have passed, and return the last report.
 
     `baseline` (sku → units received so far, as `snapshot` returns it; for a new sku, the on_hand it
@@ -489,7 +489,7 @@ def show(report: Report, console: Console) -> None:
             dead.add_row(d.queue, d.message_id or "-", d.event or "-", d.order_id or "-", problem)
         console.print(dead)
     if report.ok:
-        console.print("[green]no violation[/]: SPEC §7 items 2-6 hold")
+        console.print("[green]no violation[/]: docs/spec.md §7 items 2-6 hold")
         return
     violations = Table(title=f"{len(report.violations)} violations")
     violations.add_column("guarantee")
@@ -504,7 +504,8 @@ def main() -> None:
     env = os.environ.get
     defaults = Urls()
     parser = argparse.ArgumentParser(
-        prog="python -m tools.check", description="Check SPEC §7 (items 2-6) on a running system."
+        prog="python -m tools.check",
+        description="Check docs/spec.md §7 (items 2-6) on a running system.",
     )
     parser.add_argument("--order-url", default=env("SAGA_ORDER_URL", defaults.order))
     parser.add_argument("--inventory-url", default=env("SAGA_INVENTORY_URL", defaults.inventory))

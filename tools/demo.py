@@ -1,4 +1,4 @@
-"""`make demo`: play the scenarios (tools.scenarios) against the running services, then check SPEC §7.
+"""`make demo`: play the scenarios (tools.scenarios) against the running services, then check docs/spec.md §7.
 
 Each scenario prints its orders' timelines (event, who emitted it, who consumed it, ms since the
 order was placed) and the balances and stock before and after; the demo ends with the invariant
@@ -51,8 +51,8 @@ def play(names: list[str]) -> list[tuple[str, bool, float, str]]:
 
 
 def invariants() -> bool:
-    """SPEC §7 over everything the services hold, not only this run's orders."""
-    console.rule("[bold]invariants[/]: SPEC §7, checked over the whole system")
+    """docs/spec.md §7 over everything the services hold, not only this run's orders."""
+    console.rule("[bold]invariants[/]: docs/spec.md §7, checked over the whole system")
     try:
         with console.status("checking…"):
             report = check.check(wait=30)

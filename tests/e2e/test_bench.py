@@ -1,4 +1,4 @@
-"""`make bench` in miniature: it runs, writes the result file the README promises, and checks
+"""`make bench` in miniature: it runs, writes the result file docs/performance.md promises, and checks
 every saga it placed. Speed is not judged here (the figures are `make bench`'s to print)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Two processes each of inventory_service and payment_service, side by side (SPEC §2): competing
+"""Two processes each of inventory_service and payment_service, side by side (docs/spec.md §2): competing
 consumers on the same queues, relays sharing one outbox through `FOR UPDATE SKIP LOCKED`, one
 database per service. Both replicas take part, and every guarantee holds."""
 

@@ -1,5 +1,5 @@
 """The outbox, against real PostgreSQL and RabbitMQ: what commits is published with the properties
-of SPEC §3, what rolls back never is; a relay that dies or a broker that refuses loses nothing;
+of docs/spec.md §3, what rolls back never is; a relay that dies or a broker that refuses loses nothing;
 old rows are purged, unpublished ones never."""
 
 from __future__ import annotations

@@ -2,13 +2,13 @@
 
 No broker: a simulated bus (tests/support/bus.py) delivers each event to every consumer, in an
 order hypothesis picks, some of them twice, while the customer cancels or the deadline passes at
-random points. Whatever the order, once nothing is left to deliver the guarantees of SPEC §7 hold:
+random points. Whatever the order, once nothing is left to deliver the guarantees of docs/spec.md §7 hold:
 the order ended, money and stock add up, each terminal event made one notification, and every
 event took effect once per consumer. In between, stock never goes negative: the database's CHECK
 constraints (reserved >= 0, reserved <= on_hand) would fail the delivery that tried.
 
 `pytest --hypothesis-show-statistics` shows how the examples ended and how often the orderings
-SPEC §5 names came up.
+docs/spec.md §5 names came up.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from web.migrations import upgrade
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 
 
-#: Orderings SPEC §5 says must come out right, counted in `--hypothesis-show-statistics`.
+#: Orderings docs/spec.md §5 says must come out right, counted in `--hypothesis-show-statistics`.
 ORDERINGS = {
     "OrderCancelled reached inventory before OrderCreated": (
         "handled inventory_service.OrderCancelled",

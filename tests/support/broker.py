@@ -32,7 +32,7 @@ def message_for(
     type: str | None = None,
     headers: dict[str, Any] | None = None,
 ) -> aio_pika.Message:
-    """The message a service would publish for `event` (SPEC §3); keyword arguments spoil it."""
+    """The message a service would publish for `event` (docs/spec.md §3); keyword arguments spoil it."""
     default_headers: dict[str, Any] = {
         "traceparent": traceparent or child_traceparent(None),
         "schema_version": SCHEMA_VERSION,

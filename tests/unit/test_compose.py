@@ -122,9 +122,14 @@ def test_each_service_runs_from_the_one_image_with_its_own_credentials(
     assert provision_env[f"{service.upper()}_PASSWORD"] == provision.password(service)
 
 
-def test_the_image_is_python_311_slim_and_installs_the_project() -> None:
+def test_the_image_is_python_311_slim_and_installs_the_lock_then_the_project() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+    lock = re.search(r"^RUN pip install --require-hashes -r requirements\.lock$", dockerfile, re.M)
+    project = re.search(r"^RUN pip install --no-deps \.", dockerfile, re.MULTILINE)
+    assert lock, "the image installs the runtime lock"
+    assert project, "then the project, with no dependencies of its own"
+    assert lock.start() < project.start()
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".run"} <= set(ignored)
+    assert not {"requirements.lock", "*.lock"} & set(ignored)
