@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from sqlalchemy.engine import make_url
 
 from tests.support.broker import Vhost
 from tests.support.databases import create_database, drop_database
@@ -28,6 +29,7 @@ from tests.support.servers import Servers, provide_servers
 from tests.support.system import SERVICES, System
 from tools.client import Urls
 from tools.postgres import libpq
+from tools.provision import provision_reader
 
 
 @dataclass
@@ -65,6 +67,10 @@ def isolated_world(extra_env: dict[str, str] | None = None) -> Iterator[World]:
             system = System.create(databases, vhost.amqp_url, log_dir, extra_env=extra_env)
             world = World(servers, vhost, databases, system, log_dir)
             system.start(timeout=120)
+            # The hop table reads the migrated outboxes and inboxes as the read-only role.
+            provision_reader(
+                servers.postgres_admin_url, [make_url(u).database for u in databases.values()]
+            )
             yield world
         finally:
             if world is not None:

@@ -4,8 +4,9 @@
 SIGKILL: a crash, for the demo's recovery scenarios).
 
 `up` provisions each service's own RabbitMQ user and PostgreSQL role and database (`tools.provision`;
-each service runs with those credentials), starts only the services not already running
-(migrations are applied by each service on start), and waits until each one is ready. Logs go to
+each service runs with those credentials), migrates them (as the services do on start: then the
+operator tools' read-only role can be granted their outbox and inbox), starts only the services not
+already running, and waits until each one is ready. Logs go to
 `.run/logs/<service>.log`, pids to `.run/<service>.pid`.
 """
 
@@ -59,7 +60,7 @@ def ready(port: int) -> bool:
 def up(timeout: float) -> None:
     RUN.mkdir(exist_ok=True)
     LOGS.mkdir(exist_ok=True)
-    provision()  # each service's own RabbitMQ user, PostgreSQL role and database
+    provision(migrate=True)  # each service's own user, role and database; the read-only role
     for service in SERVICES:
         if pid_of(service):
             print(f"{service} already running (pid {pid_of(service)})")

@@ -16,12 +16,14 @@ from pathlib import Path
 import httpx
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
 from tests.support.broker import Vhost
 from tests.support.databases import create_database, drop_database
 from tests.support.servers import Servers
 from tests.support.wait import eventually_sync
 from tools.client import Urls
+from tools.provision import provision_reader
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
@@ -214,6 +216,10 @@ def running_system(
     system.databases = databases  # type: ignore[attr-defined]
     try:
         system.start()
+        # The operator tools' read-only role reads the migrated outboxes and inboxes (the audit).
+        provision_reader(
+            servers.postgres_admin_url, [make_url(u).database for u in databases.values()]
+        )
         yield system
     finally:
         system.stop()
