@@ -17,7 +17,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot
+.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ dlq: install ## List dead-lettered messages: why they died, how often, their ids
 
 redrive: install ## Re-publish dead-lettered messages with their original ids (QUEUE=<q>.dlq for one)
 	$(PY) -m tools.dlq redrive $(if $(QUEUE),--queue $(QUEUE))
+
+asyncapi: install ## Regenerate docs/asyncapi.yaml (AsyncAPI 3.0) from the manifests and contracts
+	$(PY) -m tools.asyncapi
 
 screenshot: up ## Screenshot the RabbitMQ management UI (queues page) into docs/management-ui.png; needs chromium
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[screenshot]'

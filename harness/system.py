@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from harness.databases import create_database, drop_database
 from harness.process import ServiceProcess
 from harness.rabbitmq import Vhost
 from harness.servers import Servers
 from tools.client import Urls
+from tools.provision import provision_reader
 
 SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
 
@@ -156,6 +159,12 @@ def running_system(
                 name, system.databases[name], vhost.amqp_url, log_dir, env
             )
         system.start(start_timeout)
+        # The operator tools' read-only role reads the migrated outboxes and inboxes (the audit,
+        # the benchmark's hop table).
+        provision_reader(
+            servers.postgres_admin_url,
+            [str(make_url(u).database) for u in system.databases.values()],
+        )
         yield system
 
 

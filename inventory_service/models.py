@@ -51,7 +51,7 @@ class Product(Base):
     price_cents: Mapped[int] = mapped_column(BigInteger)
     # Bigint: returns of sold stock may push on_hand past what one PUT may set.
     on_hand: Mapped[int] = mapped_column(BigInteger)
-    reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     __table_args__ = (
         CheckConstraint("on_hand >= 0", name="ck_products_on_hand"),

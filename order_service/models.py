@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import DateTime, Index, String, text
+from sqlalchemy import BigInteger, DateTime, Index, String, false, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,10 +42,10 @@ class Order(Base):
     status: Mapped[str] = mapped_column(String(16))
     #: [{"sku", "quantity", "unit_price_cents"}]; prices are filled in by StockReserved.
     items: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
-    total_cents: Mapped[int | None]
+    total_cents: Mapped[int | None] = mapped_column(BigInteger)  # money: bigint, as migrated
     cancel_reason: Mapped[str | None] = mapped_column(String(32))
     #: StockCommitted arrived (it may come before PaymentSucceeded; it implies the charge).
-    stock_committed: Mapped[bool] = mapped_column(default=False)
+    stock_committed: Mapped[bool] = mapped_column(default=False, server_default=false())
     deadline_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

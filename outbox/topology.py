@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, FieldValue
 
 from contracts import Event, event_name
 from outbox.manifest import Manifest, dead_letter_queue
@@ -26,6 +26,23 @@ def dead_letter_exchange(service: str) -> str:
     return f"{service}.dead-letters"
 
 
+#: The arguments of every dead-letter queue.
+DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, FieldValue] = {"x-queue-type": "quorum"}
+
+
+def queue_arguments(service: str, queue: str) -> dict[str, FieldValue]:
+    """The arguments of one of `service`'s work queues: quorum, dead-lettering to `<queue>.dlq`."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": dead_letter_exchange(service),
+        "x-dead-letter-routing-key": dead_letter_queue(queue),
+        # Quorum queues can dead-letter at-least-once, which needs reject-publish overflow.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
 async def declare_queues(
     channel: AbstractChannel, manifest: Manifest, exchange: AbstractExchange
 ) -> dict[type[Event], AbstractQueue]:
@@ -37,21 +54,11 @@ async def declare_queues(
     for event in manifest.consumes:
         name = manifest.queue_for(event)
         dead = await channel.declare_queue(
-            dead_letter_queue(name), durable=True, arguments={"x-queue-type": "quorum"}
+            dead_letter_queue(name), durable=True, arguments=dict(DEAD_LETTER_QUEUE_ARGUMENTS)
         )
         await dead.bind(dead_letters, routing_key=dead_letter_queue(name))
         queue = await channel.declare_queue(
-            name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                "x-delivery-limit": DELIVERY_LIMIT,
-                "x-dead-letter-exchange": dead_letters.name,
-                "x-dead-letter-routing-key": dead_letter_queue(name),
-                # Quorum queues can dead-letter at-least-once, which needs reject-publish overflow.
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            },
+            name, durable=True, arguments=queue_arguments(manifest.service, name)
         )
         await queue.bind(exchange, routing_key=event_name(event))
         queues[event] = queue

@@ -11,6 +11,12 @@ unless `<SERVICE>_PASSWORD` is set (`ORDER_SERVICE_PASSWORD=…`):
 - PostgreSQL: a LOGIN role that owns the service's database and everything in it; CONNECT is
   revoked from PUBLIC, so no other service's role can even connect.
 
+And one read-only PostgreSQL role for the operator tools (`make trace`, the delivery audit, the
+benchmark's hop table), `saga_reader` with password `saga_reader-dev` unless
+`SAGA_READER_PASSWORD` is set: it may connect to each service's database and SELECT its `outbox`
+and `inbox`, nothing else. Those tables exist once the service has migrated, so the grants are
+applied after `--migrate` (and again on every run: a migration that recreates a table drops them).
+
 Rights are granted through the management HTTP API and as the PostgreSQL superuser: given by
 `RABBITMQ_API` (with credentials) and `POSTGRES_ADMIN_DSN`; the vhost by `RABBITMQ_VHOST`.
 `--migrate` then applies each service's migrations as its own role (`make migrate`).
@@ -21,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -57,6 +63,16 @@ AMQP_SERVER = os.environ.get("AMQP_SERVER", "amqp://127.0.0.1:5672/")
 def password(service: str) -> str:
     """The service's password on both servers: `<SERVICE>_PASSWORD`, else the dev default."""
     return os.environ.get(f"{service.upper()}_PASSWORD", f"{service}-dev")
+
+
+#: The operator tools' read-only role, and what it may read in each service's database.
+READER = "saga_reader"
+READER_TABLES = ("outbox", "inbox")
+
+
+def reader_password() -> str:
+    """The read-only role's password: `SAGA_READER_PASSWORD`, else the dev default."""
+    return os.environ.get("SAGA_READER_PASSWORD", f"{READER}-dev")
 
 
 # --- RabbitMQ --------------------------------------------------------------------------------
@@ -186,6 +202,56 @@ def provision_database(admin_dsn: str, database: str, role: str, secret: str) ->
                 )
 
 
+# Any constant will do: provisioners of the reader on one server (tests run several at once) take
+# turns, since concurrent ALTER ROLE or GRANT on one object fail with "tuple concurrently updated".
+_READER_LOCK = 7_013_002
+
+
+def provision_reader(
+    admin_dsn: str, databases: Iterable[str], role: str = READER, secret: str | None = None
+) -> None:
+    """Create or update `role` (LOGIN, read-only) and let it CONNECT to each of `databases` and
+    SELECT their `outbox` and `inbox`: nothing else, whatever it was granted before.
+
+    Run it after migrating: a table that does not exist yet cannot be granted. The grants are
+    made as the superuser, which PostgreSQL records as made by the tables' owner (the service's
+    role), so they hold whoever owns the tables and live as long as the tables do."""
+    secret = reader_password() if secret is None else secret
+    with psycopg.connect(libpq(admin_dsn), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", [_READER_LOCK])
+        role_id = sql.Identifier(role)
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        conn.execute(
+            sql.SQL(
+                "{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT PASSWORD {}"
+            ).format(sql.SQL("ALTER" if exists else "CREATE"), role_id, sql.Literal(secret))
+        )
+        for database in databases:
+            db_id = sql.Identifier(database)
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db_id, role_id))
+            with psycopg.connect(libpq(admin_dsn, database)) as db, db.transaction():
+                db.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role_id))
+                for kind in ("TABLES", "SEQUENCES"):
+                    db.execute(
+                        sql.SQL("REVOKE ALL ON ALL {} IN SCHEMA public FROM {}").format(
+                            sql.SQL(kind), role_id
+                        )
+                    )
+                present = db.execute(
+                    "SELECT tablename FROM pg_tables"
+                    " WHERE schemaname = 'public' AND tablename = ANY(%s)",
+                    [list(READER_TABLES)],
+                ).fetchall()
+                for (table,) in present:
+                    db.execute(
+                        sql.SQL("GRANT SELECT ON public.{} TO {}").format(
+                            sql.Identifier(table), role_id
+                        )
+                    )
+                if len(present) < len(READER_TABLES):
+                    print(f"{database} is not migrated yet: {role} may read it once it is")
+
+
 def drop_role(admin_dsn: str, role: str) -> None:
     """Drop `role`, which must own no database any more."""
     with psycopg.connect(libpq(admin_dsn), autocommit=True) as conn:
@@ -201,6 +267,12 @@ def database_url(admin_dsn: str, database: str, role: str, secret: str) -> str:
         drivername="postgresql+psycopg", username=role, password=secret, database=database
     )
     return url.render_as_string(hide_password=False)
+
+
+def reader_url(url: str, role: str = READER, secret: str | None = None) -> str:
+    """The URL of the database at `url` (same server and database), as the read-only role."""
+    secret = reader_password() if secret is None else secret
+    return make_url(url).set(username=role, password=secret).render_as_string(hide_password=False)
 
 
 def amqp_url(server: str, vhost: str, user: str, secret: str) -> str:
@@ -254,6 +326,8 @@ def provision(
 
             upgrade(service, database_url(POSTGRES_ADMIN_DSN, service, service, secret))
             print(f"migrated {service}")
+    _retry("PostgreSQL", partial(provision_reader, POSTGRES_ADMIN_DSN, list(manifests)), timeout)
+    print(f"provisioned {READER}: SELECT on {' and '.join(READER_TABLES)} of each database")
 
 
 def main() -> None:

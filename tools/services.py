@@ -4,10 +4,11 @@
 SIGKILL: a crash, for the demo's recovery scenarios).
 
 `up` provisions each service's own RabbitMQ user and PostgreSQL role and database (`tools.provision`;
-each service runs with those credentials), starts only the services not already running
-(migrations are applied by each service on start), and waits until each one is ready. Logs go to
-`.run/logs/<service>.log`, pids to `.run/<service>.pid`. The processes are run by the harness's
-supervisor (`harness.process.ServiceProcess`), as the tests' are, on the fixed ports below.
+each service runs with those credentials), migrates them (as the services do on start: then the
+operator tools' read-only role can be granted their outbox and inbox), starts only the services not
+already running, and waits until each one is ready. Logs go to `.run/logs/<service>.log`, pids to
+`.run/<service>.pid`. The processes are run by the harness's supervisor
+(`harness.process.ServiceProcess`), as the tests' are, on the fixed ports below.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def pid_of(service: str) -> int | None:
 
 
 def up(timeout: float) -> None:
-    provision()  # each service's own RabbitMQ user, PostgreSQL role and database
+    provision(migrate=True)  # each service's own user, role and database; the read-only role
     for service in SERVICES:
         if (pid := pid_of(service)) is not None:
             print(f"{service} already running (pid {pid})")

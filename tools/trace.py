@@ -28,6 +28,7 @@ from order_service.messaging import MANIFEST as ORDER
 from outbox import Manifest, local_database_url
 from payment_service.messaging import MANIFEST as PAYMENT
 from tools.postgres import libpq
+from tools.provision import reader_url
 
 MANIFESTS: tuple[Manifest, ...] = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 SERVICES = tuple(manifest.service for manifest in MANIFESTS)
@@ -50,10 +51,11 @@ STYLES = {
 
 
 def database_urls(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Each service's database: `<SERVICE>_DATABASE_URL` (e.g. ORDER_SERVICE_DATABASE_URL), else local."""
+    """Each service's database: `<SERVICE>_DATABASE_URL` (e.g. ORDER_SERVICE_DATABASE_URL), else the
+    local one as the read-only role (`tools.provision.reader_url`)."""
     env = os.environ if env is None else env
     return {
-        service: env.get(f"{service.upper()}_DATABASE_URL", local_database_url(service))
+        service: env.get(f"{service.upper()}_DATABASE_URL", reader_url(local_database_url(service)))
         for service in SERVICES
     }
 
@@ -245,7 +247,7 @@ def main() -> None:
             f"--{service.replace('_', '-')}-database-url",
             dest=service,
             metavar="URL",
-            help=f"default: ${service.upper()}_DATABASE_URL, else the local {service} database",
+            help=f"default: ${service.upper()}_DATABASE_URL, else the local one as saga_reader",
         )
     args = parser.parse_args()
     urls = {**database_urls(), **{s: getattr(args, s) for s in SERVICES if getattr(args, s)}}

@@ -15,6 +15,8 @@ import psycopg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 import outbox
 from contracts import (
@@ -24,6 +26,7 @@ from contracts import (
     StockFailed,
     StockReleased,
     StockReserved,
+    encode,
 )
 from harness.databases import create_database, drop_database, migrate
 from harness.rabbitmq import Vhost
@@ -31,16 +34,22 @@ from harness.servers import Servers
 from harness.wait import eventually
 from outbox import Manifest, MessagingSettings
 from outbox.topology import declare_exchange, declare_queues
+from tests.support.audit import audit_deliveries
 from tests.support.broker import Broker, message_for
+from tools import trace
+from tools.bench.hops import hop_times
 from tools.postgres import libpq
 from tools.provision import (
     MANIFESTS,
+    READER,
     amqp_url,
     database_url,
     delete_broker_user,
     drop_role,
     provision_broker,
     provision_database,
+    provision_reader,
+    reader_url,
 )
 
 #: The broker's answer to what a user has no right to do (AMQP 403, which aiormq raises as
@@ -320,3 +329,100 @@ async def test_an_empty_queue_declared_by_an_older_version_is_replaced_one_holdi
 async def _holds_messages(broker: Broker, queue: str, count: int = 1) -> bool:
     state = await broker.queue_state(queue)
     return state is not None and state.messages >= count
+
+
+# --- the operator tools' read-only role ----------------------------------------------------------
+# The tools connect as `saga_reader` itself, so that is the role tested: a standing role like those
+# `make up` makes, granted here only this test's databases, whose grants go with them.
+
+
+async def _migrated(provision: Provision, *services: str) -> dict[str, Account]:
+    accounts = {service: provision(service) for service in services}
+    for service, account in accounts.items():
+        await migrate(service, account.database_url)
+    return accounts
+
+
+def _as_reader(account: Account) -> psycopg.Connection:
+    return psycopg.connect(libpq(reader_url(account.database_url)))
+
+
+async def test_the_operator_tools_role_reads_outboxes_and_inboxes_and_nothing_else(
+    servers: Servers, provision: Provision
+) -> None:
+    accounts = await _migrated(provision, "order_service", "payment_service")
+    elsewhere = provision("inventory_service")  # a service database the reader is not given
+    databases = [account.database for account in accounts.values()]
+    provision_reader(servers.postgres_admin_url, databases)
+    with psycopg.connect(libpq(accounts["order_service"].database_url)) as connection:
+        # A right given by hand since: provisioning again takes back whatever is not its own.
+        connection.execute(sql.SQL("GRANT SELECT ON orders TO {}").format(sql.Identifier(READER)))
+    provision_reader(servers.postgres_admin_url, databases)
+
+    for service, business_table in [("order_service", "orders"), ("payment_service", "accounts")]:
+        with _as_reader(accounts[service]) as connection:
+            assert connection.execute("SELECT current_user").fetchone() == (READER,)
+            assert connection.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+            assert connection.execute("SELECT count(*) FROM inbox").fetchone() == (0,)
+            for refused in [
+                f"SELECT * FROM {business_table}",
+                "SELECT * FROM idempotency_keys",
+                "INSERT INTO outbox (event_id, event_type, order_id, payload, traceparent)"
+                f" VALUES ('{uuid.uuid4()}', 'OrderCreated', '{uuid.uuid4()}', '', '')",
+                "UPDATE outbox SET published_at = now()",
+                "DELETE FROM inbox",
+                "TRUNCATE outbox",
+                f"UPDATE {business_table} SET customer_id = customer_id",
+            ]:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                    connection.execute(refused)
+                connection.rollback()
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        _as_reader(elsewhere)
+
+
+async def test_trace_audit_and_hop_table_read_the_services_databases_as_the_read_only_role(
+    servers: Servers, provision: Provision
+) -> None:
+    accounts = await _migrated(provision, *MANIFESTS)
+    provision_reader(servers.postgres_admin_url, [a.database for a in accounts.values()])
+    created = order_created()
+    with psycopg.connect(libpq(accounts["order_service"].database_url)) as connection:
+        connection.execute(
+            "INSERT INTO outbox (event_id, event_type, order_id, payload, traceparent, published_at)"
+            " VALUES (%s, 'OrderCreated', %s, %s, '', now())",
+            [created.event_id, created.order_id, encode(created)],
+        )
+    with psycopg.connect(libpq(accounts["inventory_service"].database_url)) as connection:
+        connection.execute(
+            "INSERT INTO inbox (consumer, message_id, event_type, order_id, emitted_by)"
+            " VALUES ('inventory_service.OrderCreated', %s, 'OrderCreated', %s, 'order_service')",
+            [created.event_id, created.order_id],
+        )
+    # What the tools are given: each service's own URL, or nothing (then the local databases).
+    urls = {service: account.database_url for service, account in accounts.items()}
+
+    env = {f"{service.upper()}_DATABASE_URL": url for service, url in urls.items()}
+    assert {make_url(url).username for url in trace.database_urls({}).values()} == {READER}
+    assert trace.database_urls(env) == urls  # URLs given are used as they are
+    as_reader = {service: reader_url(url) for service, url in urls.items()}
+    timeline = trace.read_timeline(created.order_id, as_reader)
+    assert timeline.unreachable == []
+    [hop] = timeline.hops
+    assert (hop.event_type, hop.emitted_by, [h.queue for h in hop.handled]) == (
+        "OrderCreated",
+        "order_service",
+        ["inventory_service.OrderCreated"],
+    )
+    published, undelivered = audit_deliveries(urls)
+    assert (published["OrderCreated"], undelivered) == (1, [])
+    assert hop_times(urls, [(str(created.order_id), 0.0, 1.0)]) == {}  # not completed: no hops
+
+    # They do read as the reader: without its right to the inventory's inbox, they are refused.
+    with psycopg.connect(libpq(accounts["inventory_service"].database_url)) as connection:
+        connection.execute(sql.SQL("REVOKE SELECT ON inbox FROM {}").format(sql.Identifier(READER)))
+    assert trace.read_timeline(created.order_id, as_reader).unreachable == ["inventory_service"]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        audit_deliveries(urls)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        hop_times(urls, [(str(created.order_id), 0.0, 1.0)])

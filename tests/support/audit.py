@@ -18,12 +18,13 @@ from notification_service.messaging import MANIFEST as NOTIFICATION
 from order_service.messaging import MANIFEST as ORDER
 from payment_service.messaging import MANIFEST as PAYMENT
 from tools.postgres import libpq
+from tools.provision import reader_url
 
 MANIFESTS = (ORDER, INVENTORY, PAYMENT, NOTIFICATION)
 
 
 def _rows(database_url: str, query: str) -> list[tuple]:
-    with psycopg.connect(libpq(database_url)) as connection:
+    with psycopg.connect(libpq(reader_url(database_url))) as connection:
         return connection.execute(query).fetchall()
 
 

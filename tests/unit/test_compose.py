@@ -133,3 +133,13 @@ def test_the_image_is_python_311_slim_and_installs_the_lock_then_the_project() -
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", ".run"} <= set(ignored)
     assert not {"requirements.lock", "*.lock"} & set(ignored)
+
+
+def test_the_provision_job_migrates_and_gives_the_operator_tools_their_read_only_role(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader is granted the outbox and inbox tables, which exist once migrated."""
+    monkeypatch.delenv("SAGA_READER_PASSWORD", raising=False)
+    job = compose["services"]["provision"]
+    assert job["command"] == ["python", "-m", "tools.provision", "--migrate"]
+    assert job["environment"]["SAGA_READER_PASSWORD"] == provision.reader_password()

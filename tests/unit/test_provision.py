@@ -10,7 +10,13 @@ import re
 import pytest
 
 from contracts import ALL_EVENTS, event_name
-from tools.provision import MANIFESTS, amqp_url, broker_permissions, topic_permissions
+from tools.provision import (
+    MANIFESTS,
+    amqp_url,
+    broker_permissions,
+    reader_url,
+    topic_permissions,
+)
 
 NAMES = [event_name(event) for event in ALL_EVENTS]
 
@@ -54,3 +60,17 @@ def test_services_reach_the_broker_with_their_own_user_in_their_vhost() -> None:
         "amqp://order_service:p%40ss@10.0.0.1:5673/"
     )
     assert amqp_url("amqp://127.0.0.1/", "test-1", "u", "p") == "amqp://u:p@127.0.0.1/test-1"
+
+
+def test_operator_tools_reach_a_database_as_the_read_only_role(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SAGA_READER_PASSWORD", raising=False)
+    service = "postgresql+psycopg://order_service:secret@db.internal:5433/order_service"
+    assert reader_url(service) == (
+        "postgresql+psycopg://saga_reader:saga_reader-dev@db.internal:5433/order_service"
+    )
+    monkeypatch.setenv("SAGA_READER_PASSWORD", "p@ss")
+    assert reader_url("postgresql://postgres@127.0.0.1/t_1_inventory_service") == (
+        "postgresql://saga_reader:p%40ss@127.0.0.1/t_1_inventory_service"
+    )

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from tools.postgres import libpq
+from tools.provision import reader_url
 
 HOPS = (
     "POST sent → OrderCreated staged",
@@ -39,7 +40,7 @@ HOPS = (
 
 
 def _rows(url: str, query: str, ids: list[str]) -> list[tuple[Any, ...]]:
-    with psycopg.connect(libpq(url)) as connection:
+    with psycopg.connect(libpq(reader_url(url))) as connection:
         return connection.execute(query, [ids]).fetchall()
 
 
