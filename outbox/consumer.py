@@ -31,7 +31,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, event_name
-from outbox import inbox, metrics
+from outbox import inbox, metrics, transaction
 from outbox.faults import crash_point
 from outbox.inbox import Delivery
 from outbox.manifest import Manifest
@@ -54,23 +54,27 @@ async def deliver(
     manifest: Manifest,
     deliveries: Sequence[Delivery],
 ) -> list[bool]:
-    """Handle deliveries in one transaction: inbox claims, the service's unit loaded for the
-    claimed ones, their handlers in turn; then the unit's writes, the outbox rows and the commit
+    """Handle deliveries in one transaction: inbox claims and the service's unit loaded, the
+    handlers of the claimed ones in turn; then the unit's writes, the outbox rows and the commit
     in one round trip. For each delivery, False if it was a duplicate.
 
     The consumer calls this for every batch; tests call it to deliver events in any order.
     """
     async with begin(sessionmaker) as session:
-        first = await inbox.claim(session, deliveries)
-        todo = [delivery for delivery, new in zip(deliveries, first, strict=True) if new]
-        if todo:
-            unit = await manifest.unit.load(session, [delivery.event for delivery in todo])
-            for delivery in todo:
-                token = current_cause.set(Cause(delivery.event.event_id, delivery.traceparent))
-                try:
-                    manifest.consumes[type(delivery.event)](unit, delivery.event)
-                finally:
-                    current_cause.reset(token)
+        # The unit's first reads go with the claims, in one round trip: the rows of a duplicate
+        # are loaded (and locked) for nothing, which is rare and harmless.
+        async with transaction.pipeline(session):
+            claims = await inbox.claim(session, deliveries)
+            unit = await manifest.unit.load(session, [delivery.event for delivery in deliveries])
+            first = await claims.new()
+        for delivery, new in zip(deliveries, first, strict=True):
+            if not new:
+                continue
+            token = current_cause.set(Cause(delivery.event.event_id, delivery.traceparent))
+            try:
+                manifest.consumes[type(delivery.event)](unit, delivery.event)
+            finally:
+                current_cause.reset(token)
         crash_point("consumer.before_commit")
     return first
 

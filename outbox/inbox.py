@@ -48,9 +48,29 @@ class Delivery(NamedTuple):
     traceparent: str | None = None
 
 
-async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> list[bool]:
-    """For each delivery, True if its consumer had not handled its message before; the claims
-    commit with the handlers.
+class Claims:
+    """The claims of a batch, sent: `new()` says which deliveries were not handled before."""
+
+    def __init__(self, claims: Sequence[Delivery], sent: transaction.Sent) -> None:
+        self._claims = claims
+        self._sent = sent
+
+    async def new(self) -> list[bool]:
+        """For each delivery, True if its consumer had not handled its message before (the first
+        of two copies in one batch only)."""
+        claimed = {(row["consumer"], row["message_id"]) for row in await self._sent.rows()}
+        first: list[bool] = []
+        taken: set[tuple[str, uuid.UUID]] = set()
+        for consumer, event, *_ in self._claims:
+            key = (consumer, event.event_id)
+            first.append(key in claimed and key not in taken)
+            taken.add(key)
+        return first
+
+
+async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> Claims:
+    """Claim each delivery for its consumer; the claims commit with the handlers. In a pipeline,
+    the statement travels with what is sent after it (the batch's first reads).
 
     `ON CONFLICT DO NOTHING`, not insert-and-catch: a unique violation would abort the transaction.
     A concurrent duplicate waits on the first one's row lock and then finds it taken. The same
@@ -84,12 +104,4 @@ async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> list[bool]
                 "emitted_by": emitted_by,
             }
         )
-    result = await transaction.rows(session, _CLAIM.sql, _CLAIM.params(rows))
-    claimed = {(row["consumer"], row["message_id"]) for row in result}
-    first: list[bool] = []
-    taken: set[tuple[str, uuid.UUID]] = set()
-    for consumer, event, *_ in claims:
-        key = (consumer, event.event_id)
-        first.append(key in claimed and key not in taken)
-        taken.add(key)
-    return first
+    return Claims(claims, await transaction.send(session, _CLAIM.sql, _CLAIM.params(rows)))

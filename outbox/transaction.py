@@ -10,7 +10,8 @@ the transaction: ORM reads and writes of the HTTP API share them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import psycopg
@@ -50,14 +51,42 @@ async def connection(session: AsyncSession) -> psycopg.AsyncConnection[Any]:
     return found
 
 
+class Sent:
+    """A statement sent, its rows not read yet. In a pipeline (`pipeline`), statements sent one
+    after the other travel together: reading the rows of any of them waits for all."""
+
+    def __init__(self, cursor: psycopg.AsyncCursor[dict[str, Any]]) -> None:
+        self._cursor = cursor
+
+    async def rows(self) -> list[dict[str, Any]]:
+        """Its rows, as dicts by column name."""
+        try:
+            return await self._cursor.fetchall()
+        finally:
+            await self._cursor.close()
+
+
+async def send(session: AsyncSession, sql: str, params: Mapping[str, Any] | None = None) -> Sent:
+    pg = await connection(session)
+    cursor = pg.cursor(row_factory=dict_row)
+    await cursor.execute(sql, params)
+    return Sent(cursor)
+
+
 async def rows(
     session: AsyncSession, sql: str, params: Mapping[str, Any] | None = None
 ) -> list[dict[str, Any]]:
     """The rows a statement returns, as dicts by column name."""
+    return await (await send(session, sql, params)).rows()
+
+
+@contextlib.asynccontextmanager
+async def pipeline(session: AsyncSession) -> AsyncIterator[None]:
+    """Statements sent in the block wait for their answers together: one round trip for all the
+    statements sent before the first rows are read, another for the rest."""
     pg = await connection(session)
-    async with pg.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(sql, params)
-        return await cursor.fetchall()
+    async with pg.pipeline():
+        yield
 
 
 async def execute(session: AsyncSession, sql: str, params: Mapping[str, Any]) -> None:

@@ -85,8 +85,12 @@ class Rows(Generic[M]):
     ) -> list[M]:
         """Run `sql` (a select of this table's columns, `transaction.compiled`) and keep its rows
         as models; returns them."""
+        return await self.take(await transaction.send(session, sql, params))
+
+    async def take(self, sent: transaction.Sent) -> list[M]:
+        """Keep the rows of a select sent earlier (`load_together`) as models; returns them."""
         found = []
-        for values in await transaction.rows(session, sql, params):
+        for values in await sent.rows():
             key = self._key_of(values)
             if key not in self._objects:
                 model = self._model(**values)
@@ -130,6 +134,16 @@ class Rows(Generic[M]):
     def _snapshot(self, model: M) -> bytes:
         # Encoded, so that a value changed in place (a JSON list) still shows as a change.
         return self._encoder.encode(tuple(getattr(model, name) for name in self._columns))
+
+
+async def load_together(
+    session: AsyncSession, *loads: tuple[Rows[Any], str, Mapping[str, Any]]
+) -> None:
+    """Several `Rows.load`s whose statements are all sent before any is read: in a pipeline, they
+    travel in one round trip."""
+    sent = [(rows, await transaction.send(session, sql, params)) for rows, sql, params in loads]
+    for rows, statement in sent:
+        await rows.take(statement)
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderCancelled, StockReserved
 from outbox.transaction import compiled
-from outbox.unit import Rows, Unit, ids
+from outbox.unit import Rows, Unit, ids, load_together
 from payment_service.models import Account, Payment
 
 _PAYMENTS = Payment.__table__.c
@@ -46,12 +46,14 @@ class Ledger(Unit):
     @classmethod
     async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
         """Every event payment_service consumes names the order's customer: their accounts are
-        the ones a charge or a refund may touch."""
+        the ones a charge or a refund may touch. Both statements go out together."""
         ledger = cls(session)
-        await ledger.payments.load(session, _LOCK_PAYMENTS, {"ids": ids(events)})
         customers = {e.customer_id for e in events if isinstance(e, StockReserved | OrderCancelled)}
-        customers |= {payment.customer_id for payment in ledger.payments}
-        await ledger.accounts.load(session, _LOCK_ACCOUNTS, {"customers": sorted(customers)})
+        await load_together(
+            session,
+            (ledger.payments, _LOCK_PAYMENTS, {"ids": ids(events)}),
+            (ledger.accounts, _LOCK_ACCOUNTS, {"customers": sorted(customers)}),
+        )
         return ledger
 
     def payment(self, order_id: uuid.UUID) -> Payment | None:
