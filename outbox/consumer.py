@@ -129,6 +129,11 @@ class Consumer:
         for event, queue in queues.items():
             await queue.consume(partial(self._arrived, event, queue.name))
 
+    @property
+    def waiting(self) -> int:
+        """Deliveries received and decoded, waiting for a worker."""
+        return len(self._ready)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()

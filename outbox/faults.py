@@ -12,6 +12,7 @@ import os
 POINTS = (
     "relay.after_publish",  # broker confirmed, rows not yet marked published
     "consumer.after_commit",  # handler's transaction committed, message not yet acked
+    "consumer.during_acks",  # a batch committed, some of its messages acked, the rest not yet
     "consumer.before_commit",  # handler ran, its transaction not yet committed
     "http.after_commit",  # a request's transaction committed, its response not yet sent
 )

@@ -7,8 +7,9 @@ the handlers they need (`manifest({OrderCreated: record_effect})`).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from sqlalchemy import BigInteger, DateTime, String, func, select
@@ -51,12 +52,42 @@ class Effect(Base):
 _RECORD = BulkInsert(Effect.__table__, exclude=("id", "recorded_at"))
 
 
+class Gate:
+    """Stops the batch that carries an order's event in the middle of its transaction (after the
+    claims, before the handlers) until the test opens it: a transaction held open, a batch seen
+    whole (`batch`: the events it carries)."""
+
+    def __init__(self) -> None:
+        self.reached = asyncio.Event()
+        self._open = asyncio.Event()
+        self.batch: list[Event] = []
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def wait(self, events: Sequence[Event]) -> None:
+        self.batch = list(events)
+        self.reached.set()
+        await self._open.wait()
+
+
+#: The gates armed, by order id; tests clear it.
+GATES: dict[uuid.UUID, Gate] = {}
+
+
 class Effects(Unit):
     """What a probe transaction writes: one effect per handler run, inserted before it commits."""
 
     def __init__(self, session: AsyncSession) -> None:
         super().__init__(session)
         self.recorded: list[dict[str, object]] = []
+
+    @classmethod
+    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Effects:
+        for event in events:
+            if event.order_id in GATES:
+                await GATES[event.order_id].wait(events)
+        return cls(session)
 
     async def save(self) -> None:
         if self.recorded:
