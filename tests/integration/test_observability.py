@@ -123,7 +123,11 @@ async def test_metrics_count_what_the_service_published_handled_and_dead_lettere
         dead = found.get(
             ("saga_dead_letter_depth", frozenset({("queue", "order_service.StockReserved.dlq")}))
         )
-        return found if dead == 1 and value(found, "saga_outbox_backlog") == 0 else {}
+        handled = {"event": "StockReserved", "outcome": "handled"}  # batched: may come last
+        done = value(found, "saga_messages_handled_total", **handled) > value(
+            before, "saga_messages_handled_total", **handled
+        )
+        return found if done and dead == 1 and value(found, "saga_outbox_backlog") == 0 else {}
 
     after = await eventually(all_counted, timeout=30)
 
