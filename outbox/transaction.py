@@ -29,11 +29,14 @@ _UNITS = "outbox.units"
 
 
 class Saves(Protocol):
-    """What a transaction writes back at commit (a service's unit of rows)."""
+    """What a transaction writes back at commit (a service's unit of rows), and is told once the
+    commit is done."""
 
     async def save(self) -> None: ...
 
     def unsaved(self) -> bool: ...
+
+    def committed(self) -> None: ...
 
 
 def compiled(statement: ClauseElement) -> str:
