@@ -10,16 +10,19 @@ for Docker Compose.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
+from harness.servers import Servers
 from harness.system import free_port
 from harness.wait import eventually_sync
 
@@ -28,6 +31,17 @@ INSTALL = "make prometheus-install (apt-get install prometheus)"
 #: `detailed` endpoint of its Prometheus plugin, so that the broker itself keeps its defaults.
 BROKER_METRICS_PATH = "/metrics/detailed"
 BROKER_FAMILIES = ["queue_coarse_metrics"]
+
+
+#: Where RabbitMQ's Prometheus plugin listens, on the broker's host.
+BROKER_METRICS_PORT = 15692
+
+
+def broker_target(servers: Servers) -> str:
+    """`host:port` of the broker's Prometheus plugin: `SAGA_TEST_RABBITMQ_PROMETHEUS` if set, else
+    the management API's host on the plugin's port."""
+    given = os.environ.get("SAGA_TEST_RABBITMQ_PROMETHEUS")
+    return given or f"{urlsplit(servers.rabbitmq_api).hostname}:{BROKER_METRICS_PORT}"
 
 
 class PrometheusUnavailable(Exception):
