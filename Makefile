@@ -99,9 +99,9 @@ prometheus-install: ## Install the Prometheus server (Debian package prometheus)
 prometheus: up prometheus-install ## Run Prometheus (on :9090 if free) scraping make up's services and RabbitMQ, until Ctrl-C
 	$(PY) -m tools.prometheus $(ARGS)
 
-screenshot: up ## Screenshot the RabbitMQ management UI (queues page) into docs/management-ui.png; needs chromium
+screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prometheus.png (PAGE=management|prometheus for one); needs chromium
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[screenshot]'
-	$(PY) -m tools.screenshot
+	$(PY) -m tools.screenshot $(PAGE)
 
 .PHONY: test-faults
 test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)

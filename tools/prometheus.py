@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -62,6 +63,9 @@ def main() -> None:
             print(f"Prometheus on {prometheus.url}, graph page {prometheus.url}/graph")
             print(f"scraping {', '.join(targets)}" + (" and RabbitMQ's queues" if broker else ""))
             print(f"config and log in {args.data}; Ctrl-C stops it")
+            # Ctrl-C, or a SIGTERM, leaves the block: the server stops with us.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):
                 prometheus.wait()
     except PrometheusUnavailable as exc:
