@@ -17,7 +17,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi
+.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi prometheus prometheus-install
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,7 +53,7 @@ status: install ## Show which services run and are ready
 migrate: servers ## Apply every service's migrations, as its own role (services also do it on start)
 	$(PY) -m tools.provision --migrate
 
-test: servers ## Run the whole suite against real servers (GLOBAL=1 adds broker and PostgreSQL restarts)
+test: servers prometheus-install ## Run the whole suite against real servers (GLOBAL=1 adds broker and PostgreSQL restarts)
 	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q
 
 test-unit: install ## Unit tests only (no servers)
@@ -89,9 +89,19 @@ redrive: install ## Re-publish dead-lettered messages with their original ids (Q
 asyncapi: install ## Regenerate docs/asyncapi.yaml (AsyncAPI 3.0) from the manifests and contracts
 	$(PY) -m tools.asyncapi
 
-screenshot: up ## Screenshot the RabbitMQ management UI (queues page) into docs/management-ui.png; needs chromium
+# Debian's package (Grafana and Jaeger have none here: docker compose runs those, deploy/).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
+prometheus-install: ## Install the Prometheus server (Debian package prometheus) if it is missing
+	@command -v prometheus >/dev/null || { echo "installing Prometheus (apt-get install prometheus)"; \
+		$(APT_INSTALL) prometheus || { $(SUDO) apt-get update && $(APT_INSTALL) prometheus; }; }
+
+prometheus: up prometheus-install ## Run Prometheus (on :9090 if free) scraping make up's services and RabbitMQ, until Ctrl-C
+	$(PY) -m tools.prometheus $(ARGS)
+
+screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prometheus.png (PAGE=management|prometheus for one); needs chromium
 	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check -e '.[screenshot]'
-	$(PY) -m tools.screenshot
+	$(PY) -m tools.screenshot $(PAGE)
 
 .PHONY: test-faults
 test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)

@@ -1,17 +1,19 @@
 """How order_service keeps its orders: those one transaction works on, loaded and locked together
-up front, written back together in one statement (`outbox.unit`)."""
+up front, written back together in one statement (`outbox.unit`); and the orders that ended,
+counted once their transaction committed."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Self
+from typing import Self, get_args
 
+from prometheus_client import Counter
 from sqlalchemy import ARRAY, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import Event
+from contracts import CancelReason, Event, OrderCancelled, OrderCompleted
 from order_service.models import Order, Status
 from outbox.transaction import compiled
 from outbox.unit import Rows, Unit, ids
@@ -39,6 +41,18 @@ _OVERDUE = compiled(
 )
 
 
+ENDED = Counter(
+    "saga_orders_ended_total",
+    "Orders that reached a terminal status, counted once the transaction that ended them "
+    "committed: outcome completed (reason empty) or cancelled (reason: why).",
+    ["outcome", "reason"],
+)
+# Every series exists from the start, at 0: a dashboard shows each reason before it happens.
+ENDED.labels("completed", "")
+for _reason in get_args(CancelReason):
+    ENDED.labels("cancelled", _reason)
+
+
 class Orders(Unit):
     """The orders one transaction works on, each locked (`FOR UPDATE`), so that the events,
     requests and sweeps that concern one order take turns."""
@@ -46,6 +60,8 @@ class Orders(Unit):
     def __init__(self, session: AsyncSession) -> None:
         super().__init__(session)
         self.rows = Rows(Order)
+        #: (outcome, reason) of each order this transaction ended: counted after its commit.
+        self._ended: list[tuple[str, str]] = []
 
     @classmethod
     async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
@@ -69,3 +85,16 @@ class Orders(Unit):
 
     def add(self, order: Order) -> Order:
         return self.rows.add(order)
+
+    def emit(self, event: Event) -> None:
+        """An order's terminal transition is the one that emits OrderCompleted or OrderCancelled."""
+        super().emit(event)
+        if isinstance(event, OrderCompleted):
+            self._ended.append(("completed", ""))
+        elif isinstance(event, OrderCancelled):
+            self._ended.append(("cancelled", event.reason))
+
+    def committed(self) -> None:
+        for outcome, reason in self._ended:
+            ENDED.labels(outcome, reason).inc()
+        self._ended.clear()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+#: What `saga_messages_handled_total` counts each consumed message as.
+OUTCOMES = ("handled", "duplicate", "retried", "dead_lettered", "poison")
 
 HANDLED = Counter(
     "saga_messages_handled_total",
@@ -42,3 +47,15 @@ BATCHES_SPLIT = Counter(
     "saga_consumer_batches_split_total",
     "Batches whose transaction failed and were handled again one delivery at a time.",
 )
+
+
+def expect(consumed: Iterable[str], dead_letter_queues: Iterable[str]) -> None:
+    """Create the series of a service's consumed events and its dead-letter queues at 0, so that
+    a dashboard's queries return data (a rate of 0) before the first retry or dead letter rather
+    than nothing at all."""
+    for name in consumed:
+        for outcome in OUTCOMES:
+            HANDLED.labels(name, outcome)
+        HANDLER_SECONDS.labels(name)
+    for queue in dead_letter_queues:
+        DEAD_LETTER_DEPTH.labels(queue)

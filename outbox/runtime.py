@@ -70,6 +70,10 @@ class Messaging:
             max_batch=settings.consumer_max_batch,
             concurrency=settings.consumer_concurrency,
         )
+        metrics.expect(
+            [event_name(event) for event in manifest.consumes],
+            [dead_letter_queue(manifest.queue_for(event)) for event in manifest.consumes],
+        )
         self.connection: AbstractRobustConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
 

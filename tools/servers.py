@@ -1,4 +1,5 @@
-"""Make sure the local PostgreSQL and RabbitMQ answer, starting them if they are installed and stopped.
+"""Make sure the local PostgreSQL and RabbitMQ answer, starting them if they are installed and stopped,
+with RabbitMQ's management and Prometheus plugins enabled.
 
 `python -m tools.servers` is what `make up`, `make test` and CI run first. Where a server is given
 by environment variables or runs elsewhere, nothing is started: it is only waited for.
@@ -64,12 +65,22 @@ def ensure_rabbitmq() -> None:
             stdout=subprocess.DEVNULL,
         )
         wait_for("RabbitMQ management", "127.0.0.1", 15672, 60)
+    # Online, like the management plugin: the broker keeps running. The dashboard's queue depths
+    # come from it (docs/observability.md).
+    if not answers("127.0.0.1", 15692) and shutil.which("rabbitmq-plugins"):
+        print("enabling the RabbitMQ Prometheus plugin (metrics on http://127.0.0.1:15692)")
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_prometheus"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for("RabbitMQ Prometheus plugin", "127.0.0.1", 15692, 60)
 
 
 def main() -> None:
     ensure_postgres()
     ensure_rabbitmq()
-    print("PostgreSQL :5432 and RabbitMQ :5672 (management :15672) answer")
+    print("PostgreSQL :5432 and RabbitMQ :5672 (management :15672, metrics :15692) answer")
 
 
 if __name__ == "__main__":

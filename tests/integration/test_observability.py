@@ -10,17 +10,20 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import get_args
 
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts import Item, StockReserved
+from contracts import CancelReason, Item, Shortage, StockFailed, StockReserved
 from harness.rabbitmq import Vhost
 from harness.wait import eventually
+from order_service import handlers
 from order_service.app import create_app
 from order_service.settings import Settings as OrderSettings
+from outbox.unit import begin
 from tests.support.broker import Broker
 from web.server import JsonFormatter
 
@@ -144,3 +147,70 @@ async def test_metrics_count_what_the_service_published_handled_and_dead_lettere
     for event in ("StockFailed", "PaymentSucceeded", "PaymentFailed", "StockCommitted"):
         assert value(after, "saga_dead_letter_depth", queue=f"order_service.{event}.dlq") == 0
     assert (await order_app.get(f"/orders/{order_id}")).json()["status"] == "reserved"
+
+
+async def test_an_ended_order_is_counted_by_reason_once_its_transaction_commits_never_if_it_rolls_back(
+    order_app: AsyncTestClient, broker: Broker
+) -> None:
+    await broker.tap("OrderCreated")  # somewhere for the relay to publish to
+    before = await metrics(order_app)
+    for reason in get_args(CancelReason):  # every reason is there from the start
+        assert (
+            "saga_orders_ended_total",
+            frozenset({("outcome", "cancelled"), ("reason", reason)}),
+        ) in before
+    assert (
+        "saga_orders_ended_total",
+        frozenset({("outcome", "completed"), ("reason", "")}),
+    ) in before
+
+    async def grew(outcome: str, reason: str) -> float:
+        after = await metrics(order_app)
+        labels = {"outcome": outcome, "reason": reason}
+        return value(after, "saga_orders_ended_total", **labels) - value(
+            before, "saga_orders_ended_total", **labels
+        )
+
+    order = await place_order(order_app)
+    order_id = uuid.UUID(order["order_id"])
+    sessionmaker = order_app.app.state.messaging.sessionmaker
+
+    async def cancel_then_roll_back() -> None:
+        async with begin(sessionmaker) as session:
+            _, cancelled = await handlers.cancel_order(session, order_id)
+            assert cancelled
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        await cancel_then_roll_back()
+    assert await grew("cancelled", "customer_request") == 0
+    assert (await order_app.get(f"/orders/{order_id}")).json()["status"] == "pending"
+
+    assert (await order_app.post(f"/orders/{order_id}/cancel")).status_code == 202
+    assert await grew("cancelled", "customer_request") == 1
+    assert (await order_app.post(f"/orders/{order_id}/cancel")).status_code == 200
+    assert await grew("cancelled", "customer_request") == 1  # cancelled once, counted once
+
+    short = uuid.UUID((await place_order(order_app))["order_id"])
+    failed = StockFailed(
+        order_id=short,
+        reason="out_of_stock",
+        shortages=(Shortage(sku="book", requested=2, available=0),),
+    )
+    await broker.publish_event(failed, app_id="inventory_service")
+    await broker.publish_event(failed, app_id="inventory_service")  # a redelivery: no effect
+
+    async def both_handled() -> bool:
+        found = await metrics(order_app)
+        duplicates = value(
+            found, "saga_messages_handled_total", event="StockFailed", outcome="duplicate"
+        ) - value(before, "saga_messages_handled_total", event="StockFailed", outcome="duplicate")
+        return duplicates == 1 and await _status_is(order_app, short, "cancelled")
+
+    await eventually(both_handled, timeout=30)
+    assert await grew("cancelled", "out_of_stock") == 1
+    assert await grew("completed", "") == 0
+
+
+async def _status_is(client: AsyncTestClient, order_id: uuid.UUID, status: str) -> bool:
+    return (await client.get(f"/orders/{order_id}")).json()["status"] == status

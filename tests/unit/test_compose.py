@@ -1,9 +1,11 @@
 """compose.yaml, checked without a Docker engine: it follows the Compose specification (the JSON
 schema that check-jsonschema ships), starts everything in order of health rather than of sleeps,
-and runs each service from the one image with its own credentials, as `tools.provision` makes them."""
+runs each service from the one image with its own credentials, as `tools.provision` makes them,
+and beside them Prometheus, Grafana and Jaeger, configured from deploy/ to see those services."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,10 +17,13 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from harness.prometheus import scrape_config
 from tools import provision
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
+DEPLOY = ROOT / "deploy"
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 SERVICES = list(provision.MANIFESTS)
 DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")  # ${VARIABLE:-default}
 
@@ -143,3 +148,67 @@ def test_the_provision_job_migrates_and_gives_the_operator_tools_their_read_only
     job = compose["services"]["provision"]
     assert job["command"] == ["python", "-m", "tools.provision", "--migrate"]
     assert job["environment"]["SAGA_READER_PASSWORD"] == provision.reader_password()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_service_sends_its_traces_to_jaeger_by_the_standard_variables(
+    compose: dict[str, Any], service: str
+) -> None:
+    env = compose["services"][service]["environment"]
+    assert env["OTEL_SERVICE_NAME"] == service
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4318"  # OTLP over HTTP
+    assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    jaeger = compose["services"]["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/jaeger:2.")  # v2: all-in-one, OTLP on
+    assert "16686:16686" in jaeger["ports"]
+
+
+def mounts(spec: dict[str, Any]) -> dict[str, Path]:
+    """A container's bind mounts of this checkout: where inside -> which file or folder here."""
+    found = {}
+    for volume in spec.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("./"):
+            found[target] = ROOT / source
+    return found
+
+
+def test_prometheus_scrapes_the_four_services_and_the_brokers_queues_as_make_prometheus_does(
+    compose: dict[str, Any],
+) -> None:
+    prometheus = compose["services"]["prometheus"]
+    config_file = mounts(prometheus)["/etc/prometheus/prometheus.yml"]
+    config = yaml.safe_load(config_file.read_text())
+    ports = {name: compose["services"][name]["environment"]["PORT"] for name in SERVICES}
+    targets = {name: [f"{name}:{port}"] for name, port in ports.items()}
+    # The rabbitmq image enables rabbitmq_prometheus (:15692) by default.
+    assert config == scrape_config(targets, "rabbitmq:15692")
+    assert "9090:9090" in prometheus["ports"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard_every_panel_of_which_uses_it(
+    compose: dict[str, Any],
+) -> None:
+    grafana = compose["services"]["grafana"]
+    mounted = mounts(grafana)
+    provisioning = mounted["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
+    assert datasource["type"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "order-saga.yaml").read_text())[
+        "providers"
+    ]
+    assert mounted[provider["options"]["path"]] == DEPLOY / "grafana" / "dashboards"
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    assert DASHBOARDS
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["panels"], path
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+            assert panel["targets"], panel["title"]
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+                assert target["expr"].strip(), panel["title"]
