@@ -173,14 +173,16 @@ async def begin(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator
 
 
 async def commit(session: AsyncSession) -> None:
-    """Write back the transaction's units, insert its staged events as outbox rows, and commit,
-    all in one round trip. The session's own commit, after this, hands the events to the relay."""
+    """Write back the transaction's units, insert its staged events as outbox rows (all of it one
+    statement), and commit, in one round trip. The session's own commit, after this, hands the
+    events to the relay."""
     await session.flush()  # ORM changes (the HTTP API's), if any, go first
     pg = await transaction.connection(session)
     async with pg.pipeline():
-        for unit in transaction.units(session):
-            await unit.save()
-        await insert_staged(session)
+        async with transaction.writes_together(session):
+            for unit in transaction.units(session):
+                await unit.save()
+            await insert_staged(session)
         await pg.commit()
 
 
