@@ -11,7 +11,6 @@ the transaction: ORM reads and writes of the HTTP API share them.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -26,21 +25,16 @@ from sqlalchemy.sql import ClauseElement
 _DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
 _CONNECTION = "outbox.connection"
 _UNITS = "outbox.units"
-_WRITES = "outbox.writes"
-_PARAMETER = re.compile(r"%\((\w+)\)s")
 #: Rows as JSON: uuids, datetimes (ISO 8601), enums (their values) and nested JSON as PostgreSQL reads them.
 _ROWS = msgspec.json.Encoder()
 
 
 class Saves(Protocol):
-    """What a transaction writes back at commit (a service's unit of rows), and is told once the
-    commit is done."""
+    """What a transaction writes back at commit (a service's unit of rows)."""
 
     async def save(self) -> None: ...
 
     def unsaved(self) -> bool: ...
-
-    def committed(self) -> None: ...
 
 
 def compiled(statement: ClauseElement) -> str:
@@ -97,46 +91,9 @@ async def pipeline(session: AsyncSession) -> AsyncIterator[None]:
 
 
 async def execute(session: AsyncSession, sql: str, params: Mapping[str, Any]) -> None:
-    """Send a statement whose result nobody reads. Within `writes_together` it is held, and goes
-    with the block's other writes as one statement."""
-    held: list[tuple[str, Mapping[str, Any]]] | None = session.info.get(_WRITES)
-    if held is not None:
-        held.append((sql, params))
-        return
+    """Send a statement whose result nobody reads: inside `commit`, it waits for the commit."""
     pg = await connection(session)
     await pg.execute(sql, params)
-
-
-@contextlib.asynccontextmanager
-async def writes_together(session: AsyncSession) -> AsyncIterator[None]:
-    """The statements `execute`d in the block are sent at its end as one: `WITH w0 AS (first),
-    w1 AS (second), … last`. PostgreSQL runs every data-modifying part of such a statement once,
-    on the same snapshot, and checks constraints at its end; psycopg sends, and PostgreSQL parses
-    and answers, one statement instead of several: most of a statement's cost on both sides. The
-    writes of one transaction never touch the same rows (one statement per table), so their order
-    does not matter. Nothing is sent if the block raises."""
-    held: list[tuple[str, Mapping[str, Any]]] = []
-    session.info[_WRITES] = held
-    try:
-        yield
-    finally:
-        session.info.pop(_WRITES, None)
-    if held:
-        sql, params = _together(held)
-        await (await connection(session)).execute(sql, params)
-
-
-def _together(writes: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[str, dict[str, Any]]:
-    if len(writes) == 1:
-        sql, params = writes[0]
-        return sql, dict(params)
-    parts, values = [], {}
-    for number, (sql, params) in enumerate(writes):
-        parts.append(_PARAMETER.sub(rf"%(\1_{number})s", sql))
-        values.update({f"{name}_{number}": value for name, value in params.items()})
-    *first, last = parts
-    ctes = ", ".join(f"w{number} AS ({part})" for number, part in enumerate(first))
-    return f"WITH {ctes} {last}", values
 
 
 class BulkInsert:

@@ -20,14 +20,12 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import msgspec
 from sqlalchemy import Table
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from contracts import Event
 from outbox import transaction
 from outbox.transaction import BulkInsert
-from outbox.writer import OutboxSession, add, insert_staged
+from outbox.writer import add, insert_staged
 
 M = TypeVar("M")
 
@@ -64,10 +62,6 @@ class Unit:
     def emit(self, event: Event) -> None:
         """Stage `event` in this transaction's outbox: published once the transaction commits."""
         add(self.session, event)
-
-    def committed(self) -> None:
-        """Called once the transaction has committed, never after a rollback: what its handlers
-        did is now true (for a metric to count it). This base does nothing."""
 
 
 class Rows(Generic[M]):
@@ -152,12 +146,6 @@ async def load_together(
         await rows.take(statement)
 
 
-@sa_event.listens_for(OutboxSession, "after_commit")
-def _units_committed(session: Session) -> None:
-    for unit in transaction.units(session):
-        unit.committed()
-
-
 @functools.cache
 def _upsert(table: Table) -> BulkInsert:
     return BulkInsert.upsert(table)
@@ -173,16 +161,14 @@ async def begin(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator
 
 
 async def commit(session: AsyncSession) -> None:
-    """Write back the transaction's units, insert its staged events as outbox rows (all of it one
-    statement), and commit, in one round trip. The session's own commit, after this, hands the
-    events to the relay."""
+    """Write back the transaction's units, insert its staged events as outbox rows, and commit,
+    all in one round trip. The session's own commit, after this, hands the events to the relay."""
     await session.flush()  # ORM changes (the HTTP API's), if any, go first
     pg = await transaction.connection(session)
     async with pg.pipeline():
-        async with transaction.writes_together(session):
-            for unit in transaction.units(session):
-                await unit.save()
-            await insert_staged(session)
+        for unit in transaction.units(session):
+            await unit.save()
+        await insert_staged(session)
         await pg.commit()
 
 
