@@ -30,11 +30,14 @@ _ROWS = msgspec.json.Encoder()
 
 
 class Saves(Protocol):
-    """What a transaction writes back at commit (a service's unit of rows)."""
+    """What a transaction writes back at commit (a service's unit of rows), and is told once the
+    commit is done."""
 
     async def save(self) -> None: ...
 
     def unsaved(self) -> bool: ...
+
+    def committed(self) -> None: ...
 
 
 def compiled(statement: ClauseElement) -> str:

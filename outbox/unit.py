@@ -20,12 +20,14 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import msgspec
 from sqlalchemy import Table
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from contracts import Event
 from outbox import transaction
 from outbox.transaction import BulkInsert
-from outbox.writer import add, insert_staged
+from outbox.writer import OutboxSession, add, insert_staged
 
 M = TypeVar("M")
 
@@ -62,6 +64,10 @@ class Unit:
     def emit(self, event: Event) -> None:
         """Stage `event` in this transaction's outbox: published once the transaction commits."""
         add(self.session, event)
+
+    def committed(self) -> None:
+        """Called once the transaction has committed, never after a rollback: what its handlers
+        did is now true (for a metric to count it). This base does nothing."""
 
 
 class Rows(Generic[M]):
@@ -144,6 +150,12 @@ async def load_together(
     sent = [(rows, await transaction.send(session, sql, params)) for rows, sql, params in loads]
     for rows, statement in sent:
         await rows.take(statement)
+
+
+@sa_event.listens_for(OutboxSession, "after_commit")
+def _units_committed(session: Session) -> None:
+    for unit in transaction.units(session):
+        unit.committed()
 
 
 @functools.cache
