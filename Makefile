@@ -107,5 +107,5 @@ screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prom
 test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)
 	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q -s tests/faults
 
-bench: servers ## Benchmark the saga beside raw baselines, on its own services (< 3 min); ARGS="--rate 100 …", PROFILE=1 adds py-spy
+bench: servers ## Benchmark the saga beside raw baselines, on its own services and PostgreSQL (< 4 min); ARGS="--step-duration 30 …", PROFILE=1 adds py-spy
 	$(PY) -m tools.bench $(if $(PROFILE),--profile .run/bench/profile) $(ARGS)

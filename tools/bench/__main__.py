@@ -4,6 +4,7 @@ the result file and the report."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import tools.bench
 from tools.bench.report import console, report
-from tools.bench.run import Settings, run
+from tools.bench.run import Settings, Variant, run
 from tools.bench.world import describe_machine, isolated_world
 
 #: Where results go by default, under the working directory (the repository, for `make bench`).
@@ -28,21 +29,36 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         prog="python -m tools.bench", description=(tools.bench.__doc__ or "").split("\n")[0]
     )
     add = parser.add_argument
-    add("--rate", type=float, default=300, help="throughput phase: orders/s offered (300)")
-    add("--duration", type=float, default=60, help="throughput phase: seconds (60)")
     add("--low-rate", type=float, default=20, help="low-rate phase: orders/s (20)")
     add("--low-duration", type=float, default=15, help="low-rate phase: seconds (15)")
-    add("--concurrency", type=int, default=32, help="closed-loop phase: customers at once (32)")
     add(
-        "--closed-duration", type=float, default=10, help="closed-loop phase: seconds, 0 skips (10)"
+        "--sequential-duration",
+        type=float,
+        default=10,
+        help="sequential phase: one order at a time, seconds; 0 skips (10)",
     )
-    add("--warmup", type=float, default=3, help="warmup seconds at 50/s, not counted (3)")
     add(
-        "--max-in-flight",
+        "--concurrency",
         type=int,
-        default=0,
-        help="open loop: most sagas open at once (default: one second's worth, at least 50)",
+        default=32,
+        help="closed loop (the first estimate of the search): customers at once (32)",
     )
+    add("--closed-duration", type=float, default=10, help="closed loop: seconds (10)")
+    add("--step-duration", type=float, default=20, help="each step of the search: seconds (20)")
+    add(
+        "--search-s",
+        type=float,
+        default=110,
+        help="no new step once the search took this long and a step has passed (110)",
+    )
+    add("--refinements", type=int, default=1, help="steps halving the bracket at the end (1)")
+    add(
+        "--first-rate",
+        type=float,
+        default=None,
+        help="the search's first rate (default: 0.6x the closed loop's sagas/s)",
+    )
+    add("--warmup", type=float, default=3, help="warmup seconds at 50/s (3)")
     add("--skus", type=int, default=200)
     add("--customers", type=int, default=1000)
     add("--baseline-messages", type=int, default=5000)
@@ -55,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--profile",
         type=Path,
         default=None,
-        help="py-spy each service during the throughput phase, into this folder",
+        help="py-spy each service during a step at the sustainable rate, into this folder",
     )
     add("--output", type=Path, default=None, help="result file (.run/bench/bench-<time>.json)")
     add(
@@ -63,18 +79,34 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra environment for the services",
+        help="extra environment for the services, in every phase",
+    )
+    add(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,…",
+        help="a comparison phase: the services restarted with these variables, a step at the"
+        " sustainable rate (repeatable)",
+    )
+    add(
+        "--shared-postgres",
+        action="store_true",
+        help="run on the shared PostgreSQL server (SAGA_TEST_POSTGRES_URL) rather than one of"
+        " the benchmark's own: statements are then not counted",
     )
     args = parser.parse_args(argv)
     return Settings(
-        rate=args.rate,
-        duration=args.duration,
         low_rate=args.low_rate,
         low_duration=args.low_duration,
+        sequential_duration=args.sequential_duration,
         concurrency=args.concurrency,
         closed_duration=args.closed_duration,
+        step_duration=args.step_duration,
+        search_s=args.search_s,
+        refinements=args.refinements,
+        first_rate=args.first_rate,
         warmup=args.warmup,
-        max_in_flight=args.max_in_flight or int(max(50, args.rate)),
         skus=args.skus,
         customers=args.customers,
         baseline_messages=args.baseline_messages,
@@ -86,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         profile=args.profile,
         output=args.output,
         service_env=dict(item.split("=", 1) for item in args.env),
+        variants=[Variant.parse(text) for text in args.variant],
+        own_postgres=not args.shared_postgres,
     )
 
 
@@ -95,8 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC)
     clock = time.perf_counter()
-    with isolated_world(settings.service_env) as world:
-        machine = describe_machine(world.servers)
+    with isolated_world(settings.service_env, settings.own_postgres) as world:
+        ready = time.perf_counter()
+        machine = describe_machine(world.system.servers)
+        machine["postgresql_server"] = (
+            "the benchmark's own (pg_stat_statements preloaded)" if world.postgres_pid else "shared"
+        )
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -106,10 +144,18 @@ def main(argv: list[str] | None = None) -> None:
             transient=False,
         ) as progress:
             result = uvloop.run(run(settings, world, progress))
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()}
+        ran = time.perf_counter()
+    params = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()
+    }
     result = {
         "started_at": started.isoformat(),
         "run_s": round(time.perf_counter() - clock, 1),
+        "stages_s": {
+            "setup": round(ready - clock, 1),
+            **result.pop("stages_s"),
+            "teardown": round(time.perf_counter() - ran, 1),
+        },
         "command": "python -m tools.bench " + " ".join(sys.argv[1:]),
         "machine": machine,
         "params": params,

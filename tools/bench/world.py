@@ -1,20 +1,24 @@
 """The benchmark's own world: a fresh vhost, fresh databases and the four services on free ports.
 
 Nothing of `make up` is touched (its ports 8000-8003 and its databases): the benchmark starts its
-services the way the e2e tests do (`harness.system.running_system`), measures the CPU each process
-spends, and removes everything it created when it is done.
+services the way the e2e tests do (`harness.system.running_system`), on a PostgreSQL server of its
+own where it can (`tools.bench.postgres`), measures the CPU each process spends, and removes
+everything it created when it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -23,25 +27,43 @@ import psycopg
 from harness.rabbitmq import ManagementApi
 from harness.servers import Servers, provide_servers
 from harness.system import SERVICES, System, running_system
+from tools.bench.postgres import bindir, own_postgres
 from tools.client import Urls
 from tools.postgres import libpq
 
 
+@dataclass
+class World:
+    system: System
+    #: The postmaster of the benchmark's own PostgreSQL server, None on the shared server.
+    postgres_pid: int | None
+
+
 @contextlib.contextmanager
-def isolated_world(extra_env: dict[str, str] | None = None) -> Iterator[System]:
-    """Servers from `SAGA_TEST_*` (or local ones), a new vhost and databases, services started."""
+def isolated_world(
+    extra_env: dict[str, str] | None = None, own_server: bool = True
+) -> Iterator[World]:
+    """RabbitMQ from `SAGA_TEST_*` (or the local one), PostgreSQL of our own (`own_server`, where
+    its binaries are installed) or from `SAGA_TEST_*`; a new vhost and databases; the services
+    started."""
     log_dir = Path(tempfile.mkdtemp(prefix="saga-bench-logs-"))
-    with (
-        provide_servers() as servers,
-        running_system(
-            servers,
-            log_dir,
-            extra_env=extra_env,
-            label=f"bench-{os.getpid()}",
-            start_timeout=120,
-        ) as world,
-    ):
-        yield world
+    binaries = bindir() if own_server else None
+    with contextlib.ExitStack() as stack:
+        servers = stack.enter_context(provide_servers())
+        pid = None
+        if binaries is not None:
+            own = stack.enter_context(own_postgres(binaries))
+            servers, pid = dataclasses.replace(servers, postgres_admin_url=own.admin_url), own.pid
+        system = stack.enter_context(
+            running_system(
+                servers,
+                log_dir,
+                extra_env=extra_env,
+                label=f"bench-{os.getpid()}",
+                start_timeout=120,
+            )
+        )
+        yield World(system, pid)
 
 
 # --- seeding ---------------------------------------------------------------------------------
@@ -51,10 +73,16 @@ INITIAL_ON_HAND = 10**9
 INITIAL_BALANCE_CENTS = 10**12
 
 
-async def seed(urls: Urls, skus: list[str], customers: list[str], concurrency: int = 16) -> None:
+async def seed(
+    urls: Urls,
+    skus: list[str],
+    customers: list[str],
+    concurrency: int = 16,
+    headers: dict[str, str] | None = None,
+) -> None:
     """Stock every sku and fund every customer, far beyond what the benchmark will use."""
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
 
         async def put(method: str, url: str, body: dict[str, Any]) -> None:
             async with limit:
@@ -91,22 +119,45 @@ def _busy(times: Any, children: bool = False) -> float:
     return total
 
 
-def _postgres_seconds() -> float | None:
-    """CPU of the whole PostgreSQL server: postmaster, live backends, and backends that exited."""
+def _server_seconds(postmaster: psutil.Process) -> float | None:
+    """CPU of a whole PostgreSQL server: postmaster, live backends, and backends that exited."""
+    try:
+        total = _busy(postmaster.cpu_times(), children=True)
+        for child in postmaster.children():
+            with contextlib.suppress(psutil.Error):
+                total += _busy(child.cpu_times())
+        return total
+    except psutil.Error:
+        return None
+
+
+def _postgres_seconds(pid: int | None) -> float | None:
+    """The server of postmaster `pid`; without one, the machine's first (the shared server)."""
+    if pid is not None:
+        return _server_seconds(psutil.Process(pid))
     for proc in psutil.process_iter(["name", "ppid", "username"]):
         if proc.info["name"] in ("postgres", "postmaster") and proc.info["ppid"] in (0, 1):
-            try:
-                total = _busy(proc.cpu_times(), children=True)
-                for child in proc.children():
-                    with contextlib.suppress(psutil.Error):
-                        total += _busy(child.cpu_times())
-                return total
-            except psutil.Error:
-                return None
+            return _server_seconds(proc)
     return None
 
 
-def _rabbitmq_seconds() -> float | None:
+def broker_pid(amqp_url: str) -> int | None:
+    """The process listening on the broker's AMQP port (a machine may run several RabbitMQ
+    nodes), where the system lets us see it; else None."""
+    port = urlsplit(amqp_url).port or 5672
+    with contextlib.suppress(psutil.Error):
+        for connection in psutil.net_connections(kind="tcp"):
+            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+                return connection.pid
+    return None
+
+
+def _rabbitmq_seconds(pid: int | None) -> float | None:
+    """The broker of `pid`; without one, the machine's first RabbitMQ node."""
+    if pid is not None:
+        with contextlib.suppress(psutil.Error):
+            return _busy(psutil.Process(pid).cpu_times())
+        return None
     for proc in psutil.process_iter(["name"]):
         if proc.info["name"] == "beam.smp":
             with contextlib.suppress(psutil.Error):
@@ -115,21 +166,26 @@ def _rabbitmq_seconds() -> float | None:
 
 
 class CpuMeter:
-    """CPU seconds spent by each service process, this process, and the two servers."""
+    """CPU seconds spent by each service process, this process, and the two servers.
 
-    def __init__(self, world: System) -> None:
-        self._procs = {
-            name: psutil.Process(service.pid)
-            for name, service in world.services.items()
-            if service.pid is not None
-        }
+    The services' processes are looked up at each sample: a phase that restarts them with other
+    settings is measured on the new ones (a phase's figures are differences within it)."""
+
+    def __init__(self, world: System, postgres_pid: int | None = None) -> None:
+        self._world = world
+        self._postgres_pid = postgres_pid
+        self._broker_pid = broker_pid(world.servers.amqp_url)
 
     def sample(self) -> dict[str, float]:
-        sample = {name: _busy(proc.cpu_times()) for name, proc in self._procs.items()}
+        sample = {
+            name: _busy(psutil.Process(service.pid).cpu_times())
+            for name, service in self._world.services.items()
+            if service.pid is not None
+        }
         sample["bench (load + consumer)"] = _busy(psutil.Process().cpu_times())
         for name, seconds in (
-            ("postgresql", _postgres_seconds()),
-            ("rabbitmq", _rabbitmq_seconds()),
+            ("postgresql", _postgres_seconds(self._postgres_pid)),
+            ("rabbitmq", _rabbitmq_seconds(self._broker_pid)),
         ):
             if seconds is not None:
                 sample[name] = seconds
