@@ -40,8 +40,10 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(output.read_text())
     phases = result["phases"]
-    assert {"warmup", "sequential", "low_rate", "closed_loop"} <= set(phases)
-    assert all(phase["outcomes"]["OrderCompleted"] > 0 for phase in phases.values())
+    assert {"warmup", "idle", "sequential", "low_rate", "closed_loop"} <= set(phases)
+    assert all(p["outcomes"]["OrderCompleted"] > 0 for n, p in phases.items() if n != "idle")
+    assert phases["idle"]["sagas"] == 0
+    assert result["idle_cpu_ms_per_s"]["order_service"] > 0
     assert phases["sequential"]["params"]["concurrency"] == 1
     for latency in (result["sequential_latency_ms"], result["low_rate_latency_ms"]):
         assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]

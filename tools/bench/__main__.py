@@ -48,8 +48,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     add(
         "--search-s",
         type=float,
-        default=110,
-        help="no new step once the search took this long and a step has passed (110)",
+        default=90,
+        help="no new step once the search took this long and a step has passed (90)",
     )
     add("--refinements", type=int, default=1, help="steps halving the bracket at the end (1)")
     add(
@@ -61,10 +61,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     add("--warmup", type=float, default=3, help="warmup seconds at 50/s (3)")
     add("--skus", type=int, default=200)
     add("--customers", type=int, default=1000)
-    add("--baseline-messages", type=int, default=5000)
+    add("--baseline-messages", type=int, default=4000)
     add("--baseline-commit-s", type=float, default=2.0)
     add("--commit-connections", type=int, default=8)
-    add("--drain-rows", type=int, default=5000)
+    add("--drain-rows", type=int, default=4000)
     add("--saga-timeout", type=float, default=60.0, help="give up on a saga after this (60 s)")
     add("--seed", type=int, default=1)
     add(

@@ -61,7 +61,10 @@ def summarize(phase: Phase, dwell: dict[str, Any]) -> dict[str, Any]:
         "http_ms": percentiles([(s.answered - s.sent) * 1000 for s in samples]),
         "send_lateness_ms": percentiles(phase.lateness_ms) if phase.lateness_ms else {},
         "outbox_dwell_ms": dwell,
-        "cpu_ms_per_saga": CpuMeter.per_saga(phase.cpu_before, phase.cpu_after, len(samples)),
+        "cpu_ms_per_saga": CpuMeter.ms_per(phase.cpu_before, phase.cpu_after, len(samples)),
+        "cpu_ms_per_s": CpuMeter.ms_per(
+            phase.cpu_before, phase.cpu_after, phase.ended - phase.started
+        ),
         "machine_cpu_busy": CpuMeter.machine_busy(phase.cpu_before, phase.cpu_after),
         **counted(phase.before, phase.after, len(samples)),
         "completed": completed,

@@ -129,6 +129,8 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 def _load(params: dict[str, Any]) -> str:
     if "concurrency" in params:
         return f"{params['concurrency']} at once, {params['duration_s']:g} s"
+    if "rate" not in params:
+        return f"nothing, {params['duration_s']:g} s"
     return f"{params['rate']:g}/s, {params['duration_s']:g} s"
 
 
@@ -197,6 +199,18 @@ def report(result: dict[str, Any]) -> None:
     for name, ms in result["cpu_ms_per_saga"].items():
         cpu.add_row(name, f"{ms}")
     console.print(cpu)
+    idle = result["idle_cpu_ms_per_s"]
+    rate = result["sagas_per_s"]
+    console.print(
+        "idle, nothing offered (CPU ms per second): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in idle.items() if k != "services (4 processes)")
+        + (
+            f"; at {rate} sagas/s that background alone is "
+            f"{_all(idle)} / {rate} = {float(_all(idle)) / rate:.1f} ms per saga"
+            if rate and idle
+            else ""
+        )
+    )
     _counts(result)
     base, ratios, drain = result["baseline"], result["ratios"], result["relay_drain"]
     console.print(

@@ -123,6 +123,17 @@ class Runner:
             lambda p, adv: closed_loop(self.load, p, concurrency, duration, adv),
         )
 
+    async def idle(self, duration: float) -> Phase:
+        """Nothing offered for `duration` s: what the processes spend meanwhile (the services'
+        sweeps, and on a shared machine the other tenants of the broker)."""
+
+        async def body(phase: Phase, advance: Callable[[], None]) -> None:
+            phase.started = time.perf_counter()
+            await asyncio.sleep(duration)
+            phase.sending_ended = phase.ended = time.perf_counter()
+
+        return await self.measured("idle", {"duration_s": duration}, 0, body)
+
     async def step(self, name: str, rate: float, duration: float) -> tuple[Phase, dict[str, Any]]:
         """An open loop judged by `Sustained`, stopped as soon as it cannot pass any more."""
         offered = int(rate * duration)
@@ -234,6 +245,7 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
     try:
         if settings.warmup > 0:
             await runner.open_loop("warmup", 50, settings.warmup)
+        await runner.idle(3)
         if settings.sequential_duration > 0:
             await runner.closed_loop("sequential", 1, settings.sequential_duration)
         await runner.open_loop("low_rate", settings.low_rate, settings.low_duration)
@@ -316,6 +328,7 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
         "outbox_dwell_ms": main["outbox_dwell_ms"]["all"],
         "cpu_ms_per_saga": main["cpu_ms_per_saga"],
         "cpu_counted": CPU_COUNTED["own" if statements else "shared"],
+        "idle_cpu_ms_per_s": summaries["idle"]["cpu_ms_per_s"],
         "deliveries_per_transaction": main.get("deliveries_per_transaction"),
         "statements_per_saga": main.get("statements_per_saga"),
         "statements_counted_by": "pg_stat_statements on the benchmark's own PostgreSQL server"

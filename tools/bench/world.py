@@ -195,12 +195,13 @@ class CpuMeter:
         return sample
 
     @staticmethod
-    def per_saga(before: dict[str, float], after: dict[str, float], sagas: int) -> dict[str, float]:
-        """CPU milliseconds per completed saga, for each process and all of ours together."""
-        if sagas == 0:
+    def ms_per(before: dict[str, float], after: dict[str, float], count: float) -> dict[str, float]:
+        """CPU milliseconds per `count` (completed sagas, seconds), for each process and all the
+        services together."""
+        if count == 0:
             return {}
         result = {
-            name: round((after[name] - before[name]) * 1000 / sagas, 3)
+            name: round((after[name] - before[name]) * 1000 / count, 3)
             for name in after
             if name in before and not name.startswith("machine")
         }
