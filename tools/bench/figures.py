@@ -103,13 +103,16 @@ def hops(world: System, phase: Phase, most: int = 2000) -> dict[str, dict[str, f
     return {hop: percentiles(times[hop]) for hop in HOPS if hop in times}
 
 
-def snapshot(world: System, statements: bool) -> dict[str, Any]:
-    """The counters a phase's figures are differences of, as they stand now."""
-    return {
+def snapshot(world: System, statements: bool, scrape_first: bool) -> dict[str, Any]:
+    """The counters a phase's figures are differences of, as they stand now. A scrape of
+    /metrics runs statements of its own (the outbox's backlog, read at scrape): before a phase it
+    comes first, after a phase last, so that PostgreSQL's counts of the phase leave it out."""
+    batches = batch_histograms(world) if scrape_first else {}
+    counters = {
         "database": database_counters(world),
         "statements": statement_calls(world) if statements else None,
-        "batches": batch_histograms(world),
     }
+    return {"batches": batches or batch_histograms(world), **counters}
 
 
 def counted(before: dict[str, Any], after: dict[str, Any], sagas: int) -> dict[str, Any]:

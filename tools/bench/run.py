@@ -94,13 +94,13 @@ class Runner:
     async def measured(self, name: str, params: dict[str, Any], total: int, body: Body) -> Phase:
         phase = Phase(name, params)
         bar = self.progress.add_task(name, total=total)
-        phase.before = await asyncio.to_thread(snapshot, self.system, self.statements)
+        phase.before = await asyncio.to_thread(snapshot, self.system, self.statements, True)
         phase.cpu_before = self.meter.sample()
         phase.wall_started = datetime.now(UTC)
         await body(phase, lambda: self.progress.advance(bar))
         phase.wall_ended = datetime.now(UTC)
         phase.cpu_after = self.meter.sample()
-        phase.after = await asyncio.to_thread(snapshot, self.system, self.statements)
+        phase.after = await asyncio.to_thread(snapshot, self.system, self.statements, False)
         self.progress.update(bar, completed=total)
         self.phases[name] = phase
         return phase
@@ -238,7 +238,7 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
     load = Load(system.order, observer, skus, customers, settings.saga_timeout_s, settings.seed)
     statements = world.postgres_pid is not None
     runner = Runner(world, progress, load, statements)
-    start = await asyncio.to_thread(snapshot, system, statements)
+    start = await asyncio.to_thread(snapshot, system, statements, True)
     profilers: list[subprocess.Popen[bytes]] = []
     steps: list[dict[str, Any]] = []
     variants: dict[str, dict[str, Any]] = {}
@@ -269,7 +269,7 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
         for profiler in profilers:
             if profiler.poll() is None:
                 profiler.terminate()
-    end = await asyncio.to_thread(snapshot, system, statements)
+    end = await asyncio.to_thread(snapshot, system, statements, False)
     stages = {"load": lap()}
 
     phases = runner.phases
