@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import platform
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from harness.system import SERVICES, System, running_system
 from tools.bench.postgres import bindir, own_postgres
 from tools.client import Urls
 from tools.postgres import libpq
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,8 +56,14 @@ def isolated_world(
         servers = stack.enter_context(provide_servers())
         pid = None
         if binaries is not None:
-            own = stack.enter_context(own_postgres(binaries))
-            servers, pid = dataclasses.replace(servers, postgres_admin_url=own.admin_url), own.pid
+            try:
+                own = stack.enter_context(own_postgres(binaries))
+            except (OSError, subprocess.CalledProcessError) as exc:
+                reason = getattr(exc, "stderr", b"") or str(exc)
+                log.warning("no PostgreSQL server of our own, on the shared one: %s", reason)
+            else:
+                servers = dataclasses.replace(servers, postgres_admin_url=own.admin_url)
+                pid = own.pid
         system = stack.enter_context(
             running_system(
                 servers,
