@@ -82,6 +82,8 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
         3,
     )
     assert ratios["cpu_vs_raw"] > 1  # the raw operations are part of what a saga does
+    assert ratios["cpu_vs_raw_less_idle"] <= ratios["cpu_vs_raw"]
+    assert result["main_phase"] == (f"step {max(passed):g}/s" if passed else "closed_loop")
     floor = limits["latency_floor_ms_if_only_raw_operations"]
     assert ratios["low_rate_p50_vs_floor"] == round(result["low_rate_latency_ms"]["p50"] / floor, 3)
     assert ratios["low_rate_p99_vs_floor"] >= ratios["low_rate_p50_vs_floor"] > 0

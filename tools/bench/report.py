@@ -228,7 +228,8 @@ def report(result: dict[str, Any]) -> None:
     console.print(
         f"raw CPU: {limits['raw_operations_cpu_ms_per_saga']} ms per saga's raw operations, "
         f"{limits['measured_cpu_ms_per_saga_all_processes']} ms measured per saga "
-        f"= {ratios['cpu_vs_raw']}x; raw operations alone would allow "
+        f"= {ratios['cpu_vs_raw']}x ({ratios['cpu_vs_raw_less_idle']}x less what the idle phase "
+        "spent per second); raw operations alone would allow "
         f"{limits['max_sagas_per_s_if_only_raw_operations']} sagas/s on {limits['cores']} cores, "
         f"sustained {result['sustainable_sagas_per_s']:g} = {ratios['sustainable_vs_raw_bound']}x"
     )
