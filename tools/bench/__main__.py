@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=90,
         help="no new step once the search took this long and a step has passed (90)",
     )
-    add("--refinements", type=int, default=1, help="steps halving the bracket at the end (1)")
+    add("--refinements", type=int, default=2, help="steps halving the bracket at the end (2)")
     add(
         "--first-rate",
         type=float,
