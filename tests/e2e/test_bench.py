@@ -22,6 +22,7 @@ TINY = [
     "--concurrency", "4", "--closed-duration", "2",
     "--first-rate", "4", "--step-duration", "3", "--search-s", "8",
     "--baseline-messages", "500", "--baseline-commit-s", "0.5", "--drain-rows", "500",
+    "--no-built-in-variants", "--variant", "slow sweep:RELAY_SWEEP_INTERVAL_S=2",
 ]  # fmt: skip
 
 
@@ -105,6 +106,16 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
     assert all(n >= 0 for n in result["database_sessions_opened"].values())
     assert result["deadlocks"] == 0
     assert len(result["cpu_counted"]) == 4
+
+    # The comparison phase: the services restarted with its variables, a step at the rate of
+    # the sustained one (or the last tried), measured like the others.
+    variant = result["variants"]["slow sweep"]
+    assert variant["env"] == {"RELAY_SWEEP_INTERVAL_S": "2"}
+    assert variant["rate"] == (max(passed) if passed else steps[-1]["rate"])
+    assert variant["phase"] == "variant slow sweep"
+    assert variant["phase"] in phases
+    assert set(variant["cpu_ms_per_saga"]) >= SERVICES
+    assert variant["offered"] > 0
 
     targets = result["targets"]
     assert {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import signal
 import sys
 import time
@@ -17,11 +18,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import tools.bench
 from tools.bench.report import console, report
-from tools.bench.run import Settings, Variant, run
+from tools.bench.run import Settings, Variant, built_in_variants, run
 from tools.bench.world import describe_machine, isolated_world
 
 #: Where results go by default, under the working directory (the repository, for `make bench`).
 RESULTS = Path(".run") / "bench"
+#: Where the "tracing on" phase's services write their spans (emptied at each run).
+TRACES = RESULTS / "traces"
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -90,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         " sustainable rate (repeatable)",
     )
     add(
+        "--no-built-in-variants",
+        action="store_true",
+        help="skip the comparison phases of the services' features (tracing on)",
+    )
+    add(
         "--shared-postgres",
         action="store_true",
         help="run on the shared PostgreSQL server (SAGA_TEST_POSTGRES_URL) rather than one of"
@@ -118,13 +126,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         profile=args.profile,
         output=args.output,
         service_env=dict(item.split("=", 1) for item in args.env),
-        variants=[Variant.parse(text) for text in args.variant],
+        variants=[
+            *([] if args.no_built_in_variants else built_in_variants(TRACES.resolve())),
+            *(Variant.parse(text) for text in args.variant),
+        ],
         own_postgres=not args.shared_postgres,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
+    shutil.rmtree(TRACES, ignore_errors=True)
     # Stopped by a signal, the run still stops its services and drops its vhost and databases.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = datetime.now(UTC)

@@ -5,6 +5,7 @@ comparison phases, their figures, the baselines and the check, assembled into th
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,15 @@ class Variant:
         name, _, assignments = text.partition(":")
         env = dict(item.split("=", 1) for item in assignments.split(",") if item)
         return cls(name, env)
+
+
+def built_in_variants(traces_dir: Path) -> list[Variant]:
+    """The comparison phases of features the services have: tracing on (OTLP JSON lines written
+    to files, `TRACES_DIR`), where `web.tracing` exists."""
+    found = []
+    if importlib.util.find_spec("web.tracing") is not None:
+        found.append(Variant("tracing on", {"TRACES_DIR": str(traces_dir)}))
+    return found
 
 
 @dataclass
