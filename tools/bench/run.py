@@ -52,10 +52,13 @@ class Variant:
 
 def built_in_variants(traces_dir: Path) -> list[Variant]:
     """The comparison phases of features the services have: tracing on (OTLP JSON lines written
-    to files, `TRACES_DIR`), where `web.tracing` exists."""
+    to files, `TRACES_DIR`), where `web.tracing` exists; authentication off where it exists (it
+    is on by default, as the harness starts the services: the default phases are "auth on")."""
     found = []
     if importlib.util.find_spec("web.tracing") is not None:
         found.append(Variant("tracing on", {"TRACES_DIR": str(traces_dir)}))
+    if importlib.util.find_spec("web.auth") is not None:
+        found.append(Variant("auth off", {"AUTH_DISABLED": "true"}))
     return found
 
 
@@ -239,13 +242,19 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
 
     skus = [f"sku-{i:04d}" for i in range(settings.skus)]
     customers = [f"customer-{i:05d}" for i in range(settings.customers)]
+    # Where the services verify Bearer tokens, the system mints them (`harness.system`): an
+    # operator's to seed, each customer's own to place their orders.
+    tokens = getattr(system, "tokens", None)
     task = progress.add_task("seeding products and accounts", total=None)
-    await seed(system.urls, skus, customers)
+    operator = tokens.bearer("operator", admin=True) if tokens else None
+    await seed(system.urls, skus, customers, headers=operator)
     progress.update(task, visible=False)
 
     observer = Observer()
     await observer.start(system.vhost.amqp_url)
     load = Load(system.order, observer, skus, customers, settings.saga_timeout_s, settings.seed)
+    if tokens:
+        load.per_customer = {customer: tokens.bearer(customer) for customer in customers}
     statements = world.postgres_pid is not None
     runner = Runner(world, progress, load, statements)
     start = await asyncio.to_thread(snapshot, system, statements, True)
