@@ -21,6 +21,7 @@ TINY = [
     "--low-rate", "5", "--low-duration", "2",
     "--concurrency", "4", "--closed-duration", "2",
     "--first-rate", "4", "--step-duration", "3", "--search-s", "8",
+    "--rate", "5", "--duration", "2",
     "--baseline-messages", "500", "--baseline-commit-s", "0.5", "--drain-rows", "500",
     "--no-built-in-variants", "--variant", "slow sweep:RELAY_SWEEP_INTERVAL_S=2",
 ]  # fmt: skip
@@ -41,11 +42,12 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(output.read_text())
     phases = result["phases"]
-    assert {"warmup", "idle", "sequential", "low_rate", "closed_loop"} <= set(phases)
+    assert {"warmup", "idle", "sequential", "low_rate", "closed_loop", "throughput"} <= set(phases)
     assert all(p["outcomes"]["OrderCompleted"] > 0 for n, p in phases.items() if n != "idle")
     assert phases["idle"]["sagas"] == 0
     assert result["idle_cpu_ms_per_s"]["order_service"] > 0
     assert phases["sequential"]["params"]["concurrency"] == 1
+    assert phases["throughput"]["params"]["rate"] == 5
     for latency in (result["sequential_latency_ms"], result["low_rate_latency_ms"]):
         assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"]
     assert result["baseline"]["publish_per_s"] > 0

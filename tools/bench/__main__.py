@@ -61,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=None,
         help="the search's first rate (default: 0.6x the closed loop's sagas/s)",
     )
+    add(
+        "--rate",
+        type=float,
+        default=None,
+        help="also a throughput phase: an open loop at this rate (orders/s), after the search",
+    )
+    add("--duration", type=float, default=20, help="the throughput phase: seconds (20)")
     add("--warmup", type=float, default=3, help="warmup seconds at 50/s (3)")
     add("--skus", type=int, default=200)
     add("--customers", type=int, default=1000)
@@ -114,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         search_s=args.search_s,
         refinements=args.refinements,
         first_rate=args.first_rate,
+        rate=args.rate,
+        duration=args.duration,
         warmup=args.warmup,
         skus=args.skus,
         customers=args.customers,

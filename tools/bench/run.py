@@ -73,6 +73,8 @@ class Settings:
     search_s: float
     refinements: int
     first_rate: float | None
+    rate: float | None
+    duration: float
     warmup: float
     skus: int
     customers: int
@@ -275,6 +277,8 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
         steps = await runner.search(settings, estimate)
         best = sustainable(steps)
         rate = best["rate"] if best else steps[-1]["rate"]
+        if settings.rate:
+            await runner.open_loop("throughput", settings.rate, settings.duration)
         for variant in settings.variants:
             variants[variant.name] = await runner.variant(variant, rate, settings.step_duration)
         if settings.profile is not None:
