@@ -208,7 +208,8 @@ class Runner:
         services restarted as they were."""
         defaults = {name: dict(service.env) for name, service in self.system.services.items()}
         headers = dict(self.load.headers)
-        restart(self.system, {name: {**env, **variant.env} for name, env in defaults.items()})
+        changed = {name: {**env, **variant.env} for name, env in defaults.items()}
+        await asyncio.to_thread(restart, self.system, changed)
         self.load.headers.update(variant.headers)
         try:
             # Fresh processes: their pools and caches warmed as the default's were.
@@ -216,7 +217,7 @@ class Runner:
             phase, verdict = await self.step(f"variant {variant.name}", rate, duration)
         finally:
             self.load.headers = headers
-            restart(self.system, defaults)
+            await asyncio.to_thread(restart, self.system, defaults)
         return {"env": variant.env, "phase": phase.name, **verdict}
 
 
