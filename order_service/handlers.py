@@ -26,7 +26,7 @@ from contracts import (
 )
 from order_service.models import Order
 from order_service.store import Orders
-from outbox import PoisonMessage
+from outbox import PoisonMessage, continuing
 
 
 def place_order(
@@ -94,7 +94,12 @@ async def cancel_order(session: AsyncSession, order_id: uuid.UUID) -> tuple[Orde
     this request cancelled it."""
     orders = await Orders.lock(session, [order_id])
     order = orders.find(order_id)
-    changed = order is not None and cancel(orders, order, "customer_request")
+    if order is None:
+        return None, False
+    # The cancellation and its compensations join the saga's trace (linked to this request's).
+    sagas = await orders.traces()
+    with continuing(sagas.get(order_id), "cancel order", **{"saga.order_id": str(order_id)}):
+        changed = cancel(orders, order, "customer_request")
     return order, changed
 
 
@@ -104,8 +109,12 @@ async def cancel_overdue(session: AsyncSession, limit: int = 100) -> int:
     Several replicas may sweep at once: each overdue order goes to one of them.
     """
     orders, overdue = await Orders.overdue(session, limit)
+    sagas = await orders.traces() if overdue else {}
     for order in overdue:
-        cancel(orders, order, "timeout")
+        with continuing(
+            sagas.get(order.order_id), "order deadline", **{"saga.order_id": str(order.order_id)}
+        ):
+            cancel(orders, order, "timeout")
     return len(overdue)
 
 

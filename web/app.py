@@ -30,7 +30,7 @@ from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.tables import IdempotencyKey
 from outbox.unit import begin
-from web import migrations
+from web import migrations, tracing
 from web.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,11 @@ def _database_unavailable(
     return Response(
         {"status_code": 503, "detail": "database unavailable, try again"}, status_code=503
     )
+
+
+async def _before_request(request: Request[Any, Any, Any]) -> None:
+    tracing.name_span(request)
+    await _json_bodies_only(request)
 
 
 async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
@@ -232,8 +237,9 @@ def create_service_app(
             RecursionError: _too_deeply_nested,
             Exception: _internal_error,
         },
+        plugins=tracing.plugins(),  # a span per request, when tracing is on
         request_max_body_size=settings.max_body_bytes,
-        before_request=_json_bodies_only,
+        before_request=_before_request,
         logging_config=None,  # keep the process's JSON logging (web.server)
         debug=False,
     )

@@ -14,3 +14,7 @@ class ServiceSettings(MessagingSettings, kw_only=True, frozen=True):
     migrate_on_start: bool = True
     max_body_bytes: int = 64 * 1024
     log_level: str = "INFO"
+    #: Spans also go to `<traces_dir>/<service>.<pid>.jsonl`, as OTLP JSON lines (web.tracing).
+    traces_dir: str = ""
+    #: A span per database statement (psycopg's instrumentation), when tracing is on.
+    trace_database: bool = False

@@ -9,7 +9,6 @@ the async client makes a request block the test's loop, so ten requests could ne
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -25,18 +24,13 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 
-from harness.databases import create_database, drop_database
-from harness.rabbitmq import Vhost
 from harness.servers import Servers
 from harness.wait import eventually_sync
 from inventory_service.app import create_app as inventory_app
-from inventory_service.settings import Settings as InventorySettings
 from notification_service.app import create_app as notification_app
-from notification_service.settings import Settings as NotificationSettings
 from order_service.app import create_app as order_app
-from order_service.settings import Settings as OrderSettings
 from payment_service.app import create_app as payment_app
-from payment_service.settings import Settings as PaymentSettings
+from tests.support.apps import running_apps
 from tools.client import TERMINAL, unique
 from web import ServiceSettings
 
@@ -49,13 +43,6 @@ SCHEMATHESIS_EXAMPLES = 20
 MAX_BODY_BYTES = next(
     f.default for f in msgspec.structs.fields(ServiceSettings) if f.name == "max_body_bytes"
 )
-
-SERVICES: dict[str, tuple[Callable[[Any], Litestar], type[ServiceSettings]]] = {
-    "order": (order_app, OrderSettings),
-    "inventory": (inventory_app, InventorySettings),
-    "payment": (payment_app, PaymentSettings),
-    "notification": (notification_app, NotificationSettings),
-}
 
 JSON = {"content-type": "application/json"}
 ORDER = {"customer_id": "alice", "items": [{"sku": "widget", "quantity": 1}]}
@@ -302,35 +289,8 @@ BAD_REQUESTS = {
 @pytest.fixture(scope="module")
 def apps(servers: Servers) -> Iterator[dict[str, TestClient[Litestar]]]:
     """The four apps, started (migrations, consumers, relay) and ready, shared by the module."""
-    vhost = Vhost.create(servers)
-    databases: list[str] = []
-    try:
-        with contextlib.ExitStack() as running:
-            clients: dict[str, TestClient[Litestar]] = {}
-            for name, (create_app, settings_class) in SERVICES.items():
-                databases.append(create_database(servers.postgres_admin_url, f"{name}_service"))
-                extra = {"order_timeout_s": ORDER_TIMEOUT_S} if name == "order" else {}
-                app = create_app(
-                    settings_class(
-                        database_url=databases[-1],
-                        amqp_url=vhost.amqp_url,
-                        relay_sweep_interval_s=0.2,
-                        # PostgreSQL's 100 connections are shared with whatever else runs.
-                        db_pool_size=5,
-                        **extra,
-                    )
-                )
-                clients[name] = running.enter_context(TestClient(app, timeout=30))
-            for client in clients.values():
-                eventually_sync(
-                    lambda client=client: client.get("/health/ready").status_code == 200,
-                    timeout=30,
-                )
-            yield clients
-    finally:
-        for url in databases:
-            drop_database(servers.postgres_admin_url, url)
-        vhost.delete()
+    with running_apps(servers, order_timeout_s=ORDER_TIMEOUT_S) as clients:
+        yield clients
 
 
 def assert_clear_client_error(response: httpx.Response, status: int) -> None:
