@@ -41,8 +41,8 @@ lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.t
 servers: install ## Make sure local PostgreSQL and RabbitMQ (with its management UI) are running
 	$(PY) -m tools.servers
 
-up: servers ## Start the four services in the background (only those not running); logs in .run/logs
-	$(PY) -m tools.services up
+up: servers ## Start the four services in the background (only those not running); logs in .run/logs; TRACES=1: spans in .run/traces
+	$(if $(TRACES),TRACES_DIR=$(CURDIR)/.run/traces) $(PY) -m tools.services up
 
 down: ## Stop the services started by `make up`
 	@test -x $(PY) && $(PY) -m tools.services down || true
@@ -76,9 +76,9 @@ demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then c
 check: install ## Check the guarantees (docs/spec.md §7) on the running services (WAIT=<s> to wait until at rest)
 	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
 
-trace: install ## Print one saga's timeline hop by hop: make trace ORDER=<order id>
-	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id>"; exit 2; }
-	$(PY) -m tools.trace $(ORDER)
+trace: install ## One saga hop by hop: make trace ORDER=<order id> [FORMAT=mermaid|spans]
+	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id> [FORMAT=mermaid|spans]"; exit 2; }
+	@$(PY) -m tools.trace $(ORDER) $(if $(FORMAT),--format $(FORMAT))
 
 dlq: install ## List dead-lettered messages: why they died, how often, their ids (QUEUE=<q>.dlq for one)
 	$(PY) -m tools.dlq list $(if $(QUEUE),--queue $(QUEUE))
