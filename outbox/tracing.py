@@ -108,11 +108,12 @@ def traceparent_of(span: Span) -> str:
 
 
 def traceparent_for(cause: str | None) -> str:
-    """The traceparent an event staged now records: the current span's when one is recording;
-    else, with tracing off, a new span id in the trace of `cause` (the message being handled),
-    of the saga `continuing` names, or of a new trace."""
+    """The traceparent an event staged now records: the current span's when there is one (a
+    span not sampled too, so that its consumers keep the sampling decision); else, with tracing
+    off, a new span id in the trace of `cause` (the message being handled), of the saga
+    `continuing` names, or of a new trace."""
     span = trace.get_current_span()
-    if span.is_recording():
+    if span.get_span_context().is_valid:
         return traceparent_of(span)
     return child_traceparent(cause or _fallback.get())
 
