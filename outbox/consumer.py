@@ -63,25 +63,36 @@ async def deliver(
     """
     spans = tracing.deliveries(manifest.service, deliveries)
     try:
-        async with begin(sessionmaker) as session:
-            # The unit's first reads go with the claims, in one round trip: the rows of a
-            # duplicate are loaded (and locked) for nothing, which is rare and harmless.
-            async with transaction.pipeline(session):
-                claims = await inbox.claim(session, deliveries)
-                unit = await manifest.unit.load(session, [d.event for d in deliveries])
-                first = await claims.new()
-            if spans:
-                spans.claimed(first)
-            for i, (delivery, new) in enumerate(zip(deliveries, first, strict=True)):
-                if new:
-                    _handle(manifest, unit, delivery, spans, i)
-            crash_point("consumer.before_commit")
+        with spans.transaction() if spans else contextlib.nullcontext():
+            first = await _deliver(sessionmaker, manifest, deliveries, spans)
     except BaseException as exc:
         if spans:
             spans.end(failed=exc)
         raise
     if spans:
         spans.end()
+    return first
+
+
+async def _deliver(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    manifest: Manifest,
+    deliveries: Sequence[Delivery],
+    spans: tracing.Deliveries | None,
+) -> list[bool]:
+    async with begin(sessionmaker) as session:
+        # The unit's first reads go with the claims, in one round trip: the rows of a duplicate
+        # are loaded (and locked) for nothing, which is rare and harmless.
+        async with transaction.pipeline(session):
+            claims = await inbox.claim(session, deliveries)
+            unit = await manifest.unit.load(session, [d.event for d in deliveries])
+            first = await claims.new()
+        if spans:
+            spans.claimed(first)
+        for i, (delivery, new) in enumerate(zip(deliveries, first, strict=True)):
+            if new:
+                _handle(manifest, unit, delivery, spans, i)
+        crash_point("consumer.before_commit")
     return first
 
 

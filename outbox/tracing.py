@@ -220,6 +220,7 @@ class Deliveries:
     current while its handler runs, ended when the batch's transaction is over."""
 
     def __init__(self, service: str, deliveries: Sequence[Delivery]) -> None:
+        self._service = service
         self._spans = [
             tracer.start_span(
                 f"process {delivery.consumer}",
@@ -241,6 +242,22 @@ class Deliveries:
             )
             for delivery in deliveries
         ]
+
+    def transaction(self) -> contextlib.AbstractContextManager[Span]:
+        """The current span while the batch's transaction runs (its database statements' parent,
+        with `TRACE_DATABASE`): the delivery's for a batch of one, else a span of the batch's
+        own, linked to each delivery's."""
+        if len(self._spans) == 1:
+            return trace.use_span(self._spans[0], end_on_exit=False, record_exception=False)
+        return tracer.start_as_current_span(
+            f"{self._service} transaction",
+            context=Context(),  # a root: the batch belongs to several traces
+            links=[Link(span.get_span_context()) for span in self._spans],
+            attributes={
+                "saga.service": self._service,
+                "messaging.batch.message_count": len(self._spans),
+            },
+        )
 
     def claimed(self, first: Sequence[bool]) -> None:
         for span, new in zip(self._spans, first, strict=True):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,14 @@ from litestar import Request
 from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import Scope
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
+from opentelemetry.trace import Link, SpanKind, TraceState
+from opentelemetry.util.types import Attributes
 
 from outbox import tracing
 from web.settings import ServiceSettings
@@ -91,6 +95,9 @@ def configure(settings: ServiceSettings, env: Mapping[str, str] | None = None) -
         return False
     resource = Resource.create({SERVICE_NAME: env.get("OTEL_SERVICE_NAME") or settings.service})
     provider = TracerProvider(resource=resource)
+    if settings.trace_database:
+        # Set before any tracer is made: each takes the provider's sampler.
+        provider.sampler = StatementsOfTracedWork(provider.sampler)
     for chosen in exporters:
         provider.add_span_processor(BatchSpanProcessor(chosen))
     trace.set_tracer_provider(provider)
@@ -118,6 +125,35 @@ def plugins() -> list[OpenTelemetryPlugin]:
             )
         )
     ]
+
+
+class StatementsOfTracedWork(Sampler):
+    """Drops the span of a database statement that no traced work runs (a readiness probe, a
+    scrape, the relay's polls and marks, the purge): a root span of kind client, of which the
+    services make no other. Everything else goes to the configured sampler (`OTEL_TRACES_SAMPLER`)."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self._sampler = sampler
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if kind is SpanKind.CLIENT and not parent.is_valid:
+            return SamplingResult(Decision.DROP)
+        return self._sampler.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"StatementsOfTracedWork{{{self._sampler.get_description()}}}"
 
 
 def _method_only(scope: Scope) -> tuple[str, dict[str, Any]]:
