@@ -37,9 +37,6 @@ from outbox.tables import OutboxMessage
 tracer = trace.get_tracer("outbox")
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 
-#: The messaging system, as OpenTelemetry's semantic conventions name it.
-_SYSTEM = {"messaging.system": "rabbitmq"}
-
 #: A saga's recorded context, for events staged outside any span of that saga while tracing is
 #: off (see `continuing`).
 _fallback: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -164,21 +161,16 @@ def publishing(rows: Sequence[Staging], service: str, exchange: str) -> Iterator
         yield _ignore
         return
     spans = [
-        tracer.start_span(
+        _message_span(
             f"publish {row.event_type}",
-            context=context_of(row.traceparent),
-            kind=SpanKind.PRODUCER,
-            attributes={
-                **_SYSTEM,
-                "messaging.operation.type": "send",
-                "messaging.destination.name": exchange,
-                "messaging.rabbitmq.destination.routing_key": row.event_type,
-                "messaging.message.id": str(row.event_id),
-                "messaging.message.conversation_id": str(row.order_id),
-                "saga.event": row.event_type,
-                "saga.order_id": str(row.order_id),
-                "saga.service": service,
-            },
+            row.traceparent,
+            SpanKind.PRODUCER,
+            destination=exchange,
+            message_id=row.event_id,
+            order_id=row.order_id,
+            event=row.event_type,
+            service=service,
+            extra={"messaging.rabbitmq.destination.routing_key": row.event_type},
         )
         for row in rows
     ]
@@ -222,21 +214,18 @@ class Deliveries:
     def __init__(self, service: str, deliveries: Sequence[Delivery]) -> None:
         self._service = service
         self._spans = [
-            tracer.start_span(
+            _message_span(
                 f"process {delivery.consumer}",
-                context=context_of(delivery.traceparent),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    **_SYSTEM,
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": delivery.consumer,
+                delivery.traceparent,
+                SpanKind.CONSUMER,
+                destination=delivery.consumer,
+                message_id=delivery.event.event_id,
+                order_id=delivery.event.order_id,
+                event=event_name(delivery.event),
+                service=service,
+                extra={
                     "messaging.consumer.group.name": service,
-                    "messaging.message.id": str(delivery.event.event_id),
-                    "messaging.message.conversation_id": str(delivery.event.order_id),
                     "messaging.batch.message_count": len(deliveries),
-                    "saga.event": event_name(delivery.event),
-                    "saga.order_id": str(delivery.event.order_id),
-                    "saga.service": service,
                     **({"saga.emitted_by": delivery.emitted_by} if delivery.emitted_by else {}),
                 },
             )
@@ -277,6 +266,38 @@ class Deliveries:
 def deliveries(service: str, batch: Sequence[Delivery]) -> Deliveries | None:
     """The spans of a batch of deliveries, or None while tracing is off."""
     return Deliveries(service, batch) if enabled() else None
+
+
+def _message_span(
+    name: str,
+    traceparent: str | None,
+    kind: SpanKind,
+    *,
+    destination: str,
+    message_id: uuid.UUID,
+    order_id: uuid.UUID,
+    event: str,
+    service: str,
+    extra: dict[str, Any],
+) -> Span:
+    """A span about one message, started as a child of the context `traceparent` names, with the
+    messaging conventions' attributes and the saga's."""
+    return tracer.start_span(
+        name,
+        context=context_of(traceparent),
+        kind=kind,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send" if kind is SpanKind.PRODUCER else "process",
+            "messaging.destination.name": destination,
+            "messaging.message.id": str(message_id),
+            "messaging.message.conversation_id": str(order_id),
+            "saga.event": event,
+            "saga.order_id": str(order_id),
+            "saga.service": service,
+            **extra,
+        },
+    )
 
 
 def _failed(span: Span, exc: BaseException) -> None:
