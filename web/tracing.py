@@ -61,6 +61,11 @@ def exporter_names(env: Mapping[str, str]) -> list[str]:
 def exporter(name: str) -> SpanExporter:
     """A span exporter by its `OTEL_TRACES_EXPORTER` name."""
     if name == "otlp":
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+            "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+        )
+        if protocol != "http/protobuf":
+            raise ValueError(f"OTLP protocol {protocol!r}: only http/protobuf is installed")
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
