@@ -85,7 +85,7 @@ async def _deliver(
         # are loaded (and locked) for nothing, which is rare and harmless.
         async with transaction.pipeline(session):
             claims = await inbox.claim(session, deliveries)
-            unit = await manifest.unit.load(session, [d.event for d in deliveries])
+            unit = await manifest.unit.load(session, [delivery.event for delivery in deliveries])
             first = await claims.new()
         if spans:
             spans.claimed(first)
