@@ -5,7 +5,8 @@ Tracing is on when an exporter is configured, and only then: `OTEL_TRACES_EXPORT
 `console`, `otlp_json_file`, or any exporter package's entry point), an OTLP endpoint
 (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, which imply `otlp`), or
 `TRACES_DIR` (OTLP JSON lines, one file per process: `<dir>/<service>.<pid>.jsonl`).
-`OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none` turns it off. Otherwise no SDK is set up,
+`OTEL_SDK_DISABLED=true` turns it off whatever else is set (`OTEL_TRACES_EXPORTER=none` leaves
+only `TRACES_DIR`'s file). With no exporter, no SDK is set up,
 no span is started anywhere (`outbox.tracing.enabled`), and no middleware is added: tracing off
 costs nothing. The SDK reads the rest itself: `OTEL_SERVICE_NAME` (default: the service's name),
 `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*`.
