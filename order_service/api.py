@@ -11,7 +11,7 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,9 +19,7 @@ from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
 from web import IdempotencyKeyHeader, remember, replay, request_hash
-
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+from web.params import DEFAULT_PAGE, Limit, Name, Offset, SomeCustomerId
 
 
 class OrderLineIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,12 +106,9 @@ class OrderController(Controller):
     async def list_orders(
         self,
         session: NamedDependency[AsyncSession],
-        customer_id: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=64, pattern=NAME_PATTERN)
-        ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        # Past a bigint, PostgreSQL would refuse the offset: a 500 rather than a 400.
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        customer_id: SomeCustomerId = None,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[OrderOut]:
         """Orders, newest first; of one customer with `customer_id`."""
         query = (

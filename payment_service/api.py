@@ -14,22 +14,15 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payment_service.models import Account, Deposit, Payment
+from payment_service import handlers
+from payment_service.models import Account, AccountExists, Deposit, Payment
 from web import IdempotencyKeyHeader, remember, replay, request_hash
+from web.params import DEFAULT_PAGE, Limit, Name, NameInPath, Offset, SomeCustomerId
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-# Litestar applies `PathParameter` and `QueryParameter` constraints; it ignores `msgspec.Meta` on
-# parameters, and PostgreSQL refuses the NUL byte an unchecked one lets through (a 500, not a 400).
-CustomerId = Annotated[
-    str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-]
-SomeCustomerId = Annotated[
-    str | None, QueryParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-]
 #: Largest amount one request may move: far above any real payment, far below bigint overflow.
 MAX_CENTS = 10**12
 
@@ -97,12 +90,10 @@ class AccountController(Controller):
         self, data: JSONBody[OpenAccount], session: NamedDependency[AsyncSession]
     ) -> Response[AccountOut]:
         """Open an account (409 if it exists); the opening balance is recorded as a deposit."""
-        if await session.get(Account, data.customer_id) is not None:
-            raise ClientException(status_code=409, detail=f"account {data.customer_id} exists")
-        account = Account.open(data.customer_id)
-        session.add(account)
-        if data.balance_cents > 0:
-            session.add(account.deposit(data.balance_cents))
+        try:
+            account = await handlers.open_account(session, data.customer_id, data.balance_cents)
+        except AccountExists as exc:
+            raise ClientException(status_code=409, detail=str(exc)) from exc
         return Response(
             AccountOut.of(account),
             status_code=201,
@@ -113,8 +104,8 @@ class AccountController(Controller):
     async def list_accounts(
         self,
         session: NamedDependency[AsyncSession],
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[AccountOut]:
         """Every account, by customer id, a page at a time (for audits)."""
         query = select(Account).order_by(Account.customer_id).limit(limit).offset(offset)
@@ -122,7 +113,7 @@ class AccountController(Controller):
 
     @get("/{customer_id:str}")
     async def get_account(
-        self, customer_id: CustomerId, session: NamedDependency[AsyncSession]
+        self, customer_id: NameInPath, session: NamedDependency[AsyncSession]
     ) -> AccountOut:
         account = await session.get(Account, customer_id)
         if account is None:
@@ -132,7 +123,7 @@ class AccountController(Controller):
     @post("/{customer_id:str}/deposits", status_code=201)
     async def deposit(
         self,
-        customer_id: CustomerId,
+        customer_id: NameInPath,
         data: JSONBody[MakeDeposit],
         session: NamedDependency[AsyncSession],
         idempotency_key: IdempotencyKeyHeader = None,
@@ -144,10 +135,9 @@ class AccountController(Controller):
             previous = await replay(session, scope, idempotency_key, body_hash)
             if previous is not None:
                 return previous
-        account = await session.get(Account, customer_id, with_for_update=True)
+        account = await handlers.deposit(session, customer_id, data.amount_cents)
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
-        session.add(account.deposit(data.amount_cents))
         body = AccountOut.of(account)
         if idempotency_key is not None:
             remember(session, scope, idempotency_key, body_hash, 201, body)
@@ -163,8 +153,8 @@ class DepositController(Controller):
         self,
         session: NamedDependency[AsyncSession],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[DepositOut]:
         """Deposits, oldest first; of one customer with `customer_id`."""
         query = (
@@ -197,8 +187,8 @@ class PaymentController(Controller):
         self,
         session: NamedDependency[AsyncSession],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[PaymentOut]:
         """Payments, oldest first; of one customer with `customer_id`."""
         query = (
