@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from inventory_service import handlers
 from inventory_service.models import Product, Reservation, StockBelowReserved
+from web import Principal
 from web.params import DEFAULT_PAGE, Limit, NameInPath, Offset
 
 
@@ -71,10 +72,16 @@ class ProductController(Controller):
 
     @put("/{sku:str}", status_code=200)
     async def put_product(
-        self, sku: NameInPath, data: JSONBody[ProductIn], session: NamedDependency[AsyncSession]
+        self,
+        sku: NameInPath,
+        data: JSONBody[ProductIn],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> Response[ProductOut]:
-        """Create a product (201) or set its name, price and stock (200). Stock can't go below
-        what is reserved (409); a new price applies to reservations made from now on."""
+        """Create a product (201) or set its name, price and stock (200), as an operator. Stock
+        can't go below what is reserved (409); a new price applies to reservations made from now
+        on."""
+        principal.require_admin()
         try:
             product, created = await handlers.put_product(
                 session, sku, data.name, data.price_cents, data.on_hand
@@ -107,10 +114,12 @@ class ReservationController(Controller):
     async def list_reservations(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_PAGE,
         offset: Offset = 0,
     ) -> list[ReservationOut]:
-        """Every order's reservation, by order id, a page at a time (for audits)."""
+        """Every order's reservation, by order id, a page at a time (for audits, by operators)."""
+        principal.require_admin()
         reservations = await session.scalars(
             select(Reservation).order_by(Reservation.order_id).limit(limit).offset(offset)
         )
@@ -118,10 +127,13 @@ class ReservationController(Controller):
 
     @get("/{order_id:uuid}")
     async def get_reservation(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> ReservationOut:
         """What inventory did for an order: reserved, committed (sold), released or rejected."""
         reservation = await session.get(Reservation, order_id)
-        if reservation is None:
+        if reservation is None or not principal.owns(reservation.customer_id):
             raise NotFoundException(f"no reservation for order {order_id}")
         return ReservationOut.of(reservation)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
+from web import Principal
 from web.params import DEFAULT_PAGE, Limit, Offset, SomeCustomerId
 
 
@@ -44,13 +45,16 @@ class NotificationController(Controller):
     async def list_notifications(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         order_id: FromQuery[uuid.UUID | None] = None,
         customer_id: SomeCustomerId = None,
         limit: Limit = DEFAULT_PAGE,
         offset: Offset = 0,
     ) -> list[NotificationOut]:
         """The latest `limit` notifications after skipping the `offset` latest, oldest first: of
-        one order with `order_id`, of one customer with `customer_id`, of everyone with neither."""
+        one order with `order_id`, of one customer with `customer_id`, of everyone with neither.
+        A customer sees only its own; an operator, anyone's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Notification)
             .order_by(Notification.created_at.desc(), Notification.notification_id.desc())

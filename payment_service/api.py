@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from payment_service import handlers
 from payment_service.models import Account, AccountExists, Deposit, Payment
-from web import IdempotencyKeyHeader, remember, replay, request_hash
+from web import IdempotencyKeyHeader, Principal, remember, replay, request_hash
 from web.params import DEFAULT_PAGE, Limit, Name, NameInPath, Offset, SomeCustomerId
 
 #: Largest amount one request may move: far above any real payment, far below bigint overflow.
@@ -28,7 +28,8 @@ MAX_CENTS = 10**12
 
 
 class OpenAccount(msgspec.Struct, forbid_unknown_fields=True):
-    customer_id: Name
+    #: The caller's own id if left out; another customer's only with an operator's token.
+    customer_id: Name | None = None
     balance_cents: Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS)] = 0
 
 
@@ -87,11 +88,15 @@ class AccountController(Controller):
 
     @post("/", status_code=201)
     async def open_account(
-        self, data: JSONBody[OpenAccount], session: NamedDependency[AsyncSession]
+        self,
+        data: JSONBody[OpenAccount],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> Response[AccountOut]:
         """Open an account (409 if it exists); the opening balance is recorded as a deposit."""
+        customer_id = principal.act_for(data.customer_id)
         try:
-            account = await handlers.open_account(session, data.customer_id, data.balance_cents)
+            account = await handlers.open_account(session, customer_id, data.balance_cents)
         except AccountExists as exc:
             raise ClientException(status_code=409, detail=str(exc)) from exc
         return Response(
@@ -104,18 +109,23 @@ class AccountController(Controller):
     async def list_accounts(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         limit: Limit = DEFAULT_PAGE,
         offset: Offset = 0,
     ) -> list[AccountOut]:
-        """Every account, by customer id, a page at a time (for audits)."""
+        """Every account, by customer id, a page at a time (for audits, by operators)."""
+        principal.require_admin()
         query = select(Account).order_by(Account.customer_id).limit(limit).offset(offset)
         return [AccountOut.of(account) for account in await session.scalars(query)]
 
     @get("/{customer_id:str}")
     async def get_account(
-        self, customer_id: NameInPath, session: NamedDependency[AsyncSession]
+        self,
+        customer_id: NameInPath,
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> AccountOut:
-        account = await session.get(Account, customer_id)
+        account = await session.get(Account, customer_id) if principal.owns(customer_id) else None
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
         return AccountOut.of(account)
@@ -126,9 +136,11 @@ class AccountController(Controller):
         customer_id: NameInPath,
         data: JSONBody[MakeDeposit],
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[AccountOut] | Response[bytes]:
-        """Pay money in; answers the account with its new balance."""
+        """Pay money in (into another's account, as an operator); answers the new balance."""
+        principal.act_for(customer_id)
         body_hash = request_hash(data)
         scope = f"deposits:{customer_id}"
         if idempotency_key is not None:
@@ -152,11 +164,13 @@ class DepositController(Controller):
     async def list_deposits(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         customer_id: SomeCustomerId = None,
         limit: Limit = DEFAULT_PAGE,
         offset: Offset = 0,
     ) -> list[DepositOut]:
-        """Deposits, oldest first; of one customer with `customer_id`."""
+        """Deposits, oldest first: the caller's own; an operator's, everyone's or one customer's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Deposit)
             .order_by(Deposit.created_at, Deposit.deposit_id)
@@ -174,11 +188,14 @@ class PaymentController(Controller):
 
     @get("/{order_id:uuid}")
     async def get_payment(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> PaymentOut:
         """What was done about an order's payment; `payment_id` is null unless it was charged."""
         payment = await session.get(Payment, order_id)
-        if payment is None:
+        if payment is None or not principal.owns(payment.customer_id):
             raise NotFoundException(f"no payment for order {order_id}")
         return PaymentOut.of(payment)
 
@@ -186,11 +203,13 @@ class PaymentController(Controller):
     async def list_payments(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         customer_id: SomeCustomerId = None,
         limit: Limit = DEFAULT_PAGE,
         offset: Offset = 0,
     ) -> list[PaymentOut]:
-        """Payments, oldest first; of one customer with `customer_id`."""
+        """Payments, oldest first: the caller's own; an operator's, everyone's or one customer's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Payment)
             .order_by(Payment.created_at, Payment.order_id)
