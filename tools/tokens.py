@@ -23,7 +23,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from web.auth import ADMIN, MIN_SECRET_BYTES
+from web.auth import ADMIN
 from web.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER
 
 ROOT = Path(__file__).resolve().parent.parent
