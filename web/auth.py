@@ -56,6 +56,7 @@ SECURITY: list[SecurityRequirement] = [{SCHEME: []}]
 log = logging.getLogger(__name__)
 _NAME = re.compile(NAME_PATTERN)
 _REALM = 'Bearer realm="order-saga"'
+_UNQUOTABLE = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -81,7 +82,7 @@ class Principal(msgspec.Struct, frozen=True):
                 raise ClientException(detail="say which customer this is for (customer_id)")
             return self.customer_id
         if not self.owns(customer_id):
-            raise Forbidden(f"a customer acts only for itself, not for {customer_id!r}")
+            raise _forbidden(f"a customer acts only for itself, not for {customer_id!r}")
         return customer_id
 
     def listing(self, customer_id: str | None) -> str | None:
@@ -93,10 +94,10 @@ class Principal(msgspec.Struct, frozen=True):
 
     def require_admin(self) -> None:
         if not self.admin:
-            raise Forbidden("this needs an operator's token (scope admin)")
+            raise _forbidden("this needs an operator's token (scope admin)")
 
 
-def Forbidden(detail: str) -> PermissionDeniedException:  # noqa: N802 (reads as an exception)
+def _forbidden(detail: str) -> PermissionDeniedException:
     return PermissionDeniedException(
         detail=detail,
         headers={"WWW-Authenticate": f'{_REALM}, error="insufficient_scope", scope="{ADMIN}"'},
@@ -105,8 +106,9 @@ def Forbidden(detail: str) -> PermissionDeniedException:  # noqa: N802 (reads as
 
 def _unauthorized(detail: str, *, token_sent: bool = True) -> NotAuthorizedException:
     # RFC 6750 §3: a request with no credentials gets the bare challenge, a bad token its error.
+    described = _UNQUOTABLE.sub("'", detail)  # a quoted-string of printable ASCII (RFC 9110)
     challenge = _REALM + (
-        f', error="invalid_token", error_description="{detail}"' if token_sent else ""
+        f', error="invalid_token", error_description="{described}"' if token_sent else ""
     )
     return NotAuthorizedException(detail=detail, headers={"WWW-Authenticate": challenge})
 
