@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ OPERATOR = "operator"
 class Tokens:
     """Mints tokens the services accept: `key` signs with `algorithm`, for `issuer`/`audience`."""
 
-    key: Any
+    key: Any = field(repr=False)  # a secret: never in a log or a test's failure output
     algorithm: str = "HS256"
     issuer: str = DEFAULT_ISSUER
     audience: str = DEFAULT_AUDIENCE
