@@ -17,7 +17,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi prometheus prometheus-install
+.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi prometheus prometheus-install token
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -75,6 +75,10 @@ demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then c
 
 check: install ## Check the guarantees (docs/spec.md §7) on the running services (WAIT=<s> to wait until at rest)
 	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
+
+token: install ## Print a token for curl: make token SUB=<customer> [SCOPE=admin] (the key of make up's services)
+	@test -n "$(SUB)" || { echo "usage: make token SUB=<customer id> [SCOPE=admin]"; exit 2; }
+	@$(PY) -m tools.tokens $(SUB) $(if $(filter admin,$(SCOPE)),--admin)
 
 trace: install ## One saga hop by hop: make trace ORDER=<order id> [FORMAT=mermaid|spans]
 	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id> [FORMAT=mermaid|spans]"; exit 2; }

@@ -89,12 +89,14 @@ def cancel(orders: Orders, order: Order, reason: CancelReason) -> bool:
     return True
 
 
-async def cancel_order(session: AsyncSession, order_id: uuid.UUID) -> tuple[Order | None, bool]:
-    """The customer cancels (`POST /orders/{id}/cancel`): the order, if there is one, and whether
-    this request cancelled it."""
+async def cancel_order(
+    session: AsyncSession, order_id: uuid.UUID, customer_id: str | None = None
+) -> tuple[Order | None, bool]:
+    """The customer cancels (`POST /orders/{id}/cancel`): the order, if there is one (and it is
+    `customer_id`'s, unless None), and whether this request cancelled it."""
     orders = await Orders.lock(session, [order_id])
     order = orders.find(order_id)
-    if order is None:
+    if order is None or customer_id not in (None, order.customer_id):
         return None, False
     # The cancellation and its compensations join the saga's trace (linked to this request's).
     sagas = await orders.traces()

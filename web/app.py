@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 import psycopg
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ClientException, HTTPException, ValidationException
@@ -30,7 +30,7 @@ from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.tables import IdempotencyKey
 from outbox.unit import begin
-from web import migrations, tracing
+from web import auth, migrations, tracing
 from web.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -216,13 +216,26 @@ def create_service_app(
                     await task
             await messaging.stop()
 
+    # The service's own routes need a token (web.auth); health, metrics and OpenAPI stay open.
+    authenticate, principal = auth.guard(settings)
+    api = Router(
+        path="/",
+        route_handlers=list(route_handlers),
+        middleware=[authenticate],
+        dependencies=principal,
+        security=auth.SECURITY,
+    )
     return Litestar(
-        route_handlers=[health, ready, metrics_endpoint, *route_handlers],
+        route_handlers=[health, ready, metrics_endpoint, api],
         dependencies={"session": Provide(provide_transaction)},
         state=State({"messaging": messaging, "settings": settings}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
+            title=title,
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=auth.COMPONENTS,
         ),
         exception_handlers={
             # Only a database out of reach is "unavailable, try again". Any other database error

@@ -61,9 +61,9 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
         ):
             urls = system.urls
             faults = Faults(system, vhost, users, servers.postgres_admin_url, rng)
-            load = Load(urls, rate=RATE, seed=rng.randrange(1_000_000))
+            load = Load(urls, system.tokens, rate=RATE, seed=rng.randrange(1_000_000))
             load.prepare()
-            baseline = snapshot(urls)
+            baseline = snapshot(urls, system.tokens)
 
             load.start()
             try:
@@ -82,8 +82,15 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
                     service.start()
                 service.wait_ready(timeout=90)
             faults.wait_all_consumed()
-            report = check(urls, vhost.api, vhost.name, baseline=baseline, wait=HEAL_S)
-            with Shop(urls, timeout=30) as shop:
+            report = check(
+                urls,
+                vhost.api,
+                vhost.name,
+                baseline=baseline,
+                wait=HEAL_S,
+                tokens=system.tokens,
+            )
+            with Shop(urls, timeout=30, tokens=system.tokens) as shop:
                 problems = load.verify(shop) if report.ok else []
                 outcomes = load.outcomes(shop)
             published, undelivered = audit_deliveries(system.databases)

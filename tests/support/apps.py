@@ -23,6 +23,7 @@ from order_service.app import create_app as order_app
 from order_service.settings import Settings as OrderSettings
 from payment_service.app import create_app as payment_app
 from payment_service.settings import Settings as PaymentSettings
+from tools.tokens import Tokens, new_secret
 from web import ServiceSettings
 
 SERVICES: dict[str, tuple[Callable[[Any], Litestar], type[ServiceSettings]]] = {
@@ -32,13 +33,18 @@ SERVICES: dict[str, tuple[Callable[[Any], Litestar], type[ServiceSettings]]] = {
     "notification": (notification_app, NotificationSettings),
 }
 
+#: The key the apps verify with; `TOKENS` mints what they accept.
+SECRET = new_secret()
+TOKENS = Tokens.hs256(SECRET)
+
 
 @contextlib.contextmanager
 def running_apps(
     servers: Servers, order_timeout_s: float, **settings: Any
 ) -> Iterator[dict[str, TestClient[Litestar]]]:
     """The four apps, started (migrations, consumers, relay) and ready, by short name ("order");
-    `settings` apply to all four."""
+    `settings` apply to all four. They verify tokens with `SECRET`; each client sends an
+    operator's (`TOKENS.operator()`) unless a request says otherwise."""
     vhost = Vhost.create(servers)
     databases: list[str] = []
     try:
@@ -54,10 +60,12 @@ def running_apps(
                         relay_sweep_interval_s=0.2,
                         # PostgreSQL's 100 connections are shared with whatever else runs.
                         db_pool_size=5,
+                        auth_secret=SECRET,
                         **{**extra, **settings},
                     )
                 )
                 clients[name] = running.enter_context(TestClient(app, timeout=30))
+                clients[name].headers.update(TOKENS.operator())
             for client in clients.values():
                 eventually_sync(
                     lambda client=client: client.get("/health/ready").status_code == 200,

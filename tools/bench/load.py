@@ -111,6 +111,7 @@ class Load:
         customers: list[str],
         saga_timeout_s: float,
         seed: int,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._url = f"{order_url}/orders"
         self._observer = observer
@@ -120,8 +121,10 @@ class Load:
         self._rng = random.Random(seed)
         # Idle connections are dropped before uvicorn's 5 s keep-alive does, so that no request
         # is sent on a connection the server is closing.
+        # `headers`: the Authorization of an operator, minted once (a run is shorter than its TTL).
         self.http = httpx.AsyncClient(
             timeout=30,
+            headers=headers,
             limits=httpx.Limits(
                 max_connections=256, max_keepalive_connections=256, keepalive_expiry=2.0
             ),

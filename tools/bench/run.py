@@ -56,12 +56,22 @@ async def run(settings: Settings, world: System, progress: Progress) -> dict[str
     skus = [f"sku-{i:04d}" for i in range(settings.skus)]
     customers = [f"customer-{i:05d}" for i in range(settings.customers)]
     task = progress.add_task("seeding products and accounts", total=None)
-    await seed(world.urls, skus, customers)
+    # An operator's token (the services verify every request, as under `make up`).
+    auth = world.tokens.operator() if world.tokens else {}
+    await seed(world.urls, skus, customers, auth)
     progress.update(task, visible=False)
 
     observer = Observer()
     await observer.start(world.vhost.amqp_url)
-    load = Load(world.urls.order, observer, skus, customers, settings.saga_timeout_s, settings.seed)
+    load = Load(
+        world.urls.order,
+        observer,
+        skus,
+        customers,
+        settings.saga_timeout_s,
+        settings.seed,
+        headers=auth,
+    )
     meter = CpuMeter(world)
     phases: dict[str, Phase] = {}
     profilers: list[subprocess.Popen[bytes]] = []
@@ -190,6 +200,7 @@ def check_all(world: System, skus: list[str], placed: int) -> list[str]:
         world.vhost.name,
         baseline={sku: INITIAL_ON_HAND for sku in skus},
         wait=60,
+        tokens=world.tokens,
     )
     violations = [f"{v.guarantee}: {v.subject}: {v.detail}" for v in report.violations]
     if report.counts.get("orders") != placed:

@@ -51,10 +51,17 @@ INITIAL_ON_HAND = 10**9
 INITIAL_BALANCE_CENTS = 10**12
 
 
-async def seed(urls: Urls, skus: list[str], customers: list[str], concurrency: int = 16) -> None:
-    """Stock every sku and fund every customer, far beyond what the benchmark will use."""
+async def seed(
+    urls: Urls,
+    skus: list[str],
+    customers: list[str],
+    headers: dict[str, str],
+    concurrency: int = 16,
+) -> None:
+    """Stock every sku and fund every customer, far beyond what the benchmark will use; `headers`
+    carry an operator's token."""
     limit = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
 
         async def put(method: str, url: str, body: dict[str, Any]) -> None:
             async with limit:
