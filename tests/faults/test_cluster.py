@@ -108,6 +108,9 @@ def test_every_guarantee_holds_after_broker_node_and_database_server_faults_unde
                 outcomes = load.outcomes(shop)
                 longest = longest_saga_s(load.orders(shop))
             published, undelivered = audit_deliveries(system.databases)
+            services = system.services.values()  # never restarted here: their counters hold
+            batches = sum(s.metric("saga_consumer_batch_size_count") for s in services)
+            batched = sum(s.metric("saga_consumer_batch_size_sum") for s in services)
 
             violations = [f"{v.guarantee} {v.subject}: {v.detail}" for v in report.violations]
             violations += problems + undelivered
@@ -120,6 +123,10 @@ def test_every_guarantee_holds_after_broker_node_and_database_server_faults_unde
                 "faults": dict(faults.log.counts),
                 "leader elections seen": watch.total,
                 "longest completed saga s": longest,
+                "deliveries handled in batches": f"{batched:.0f} in {batches:.0f}",
+                "duplicates skipped": sum(
+                    s.metric("saga_messages_handled_total", outcome="duplicate") for s in services
+                ),
                 "requests retried": sum(n for a, n in load.answers.items() if "retried" in a),
                 "answers": dict(load.answers),
                 "violations": len(violations),
