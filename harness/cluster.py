@@ -504,8 +504,8 @@ class LocalCluster:
         self.haproxy.stop()
         for node in self.nodes:
             node.kill()  # its data goes with it: no need for a clean shutdown
-        for server in self.postgres.values():
-            server.drop()
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(PostgresServer.drop, self.postgres.values()))
         shutil.rmtree(self.base, ignore_errors=True)
 
 
