@@ -202,15 +202,18 @@ class RabbitNode:
     def resume(self) -> None:
         os.kill(self._running_pid(), signal.SIGCONT)
 
-    def stop(self) -> None:
-        """A clean shutdown (`rabbitmqctl stop`), or a kill if the node does not answer."""
-        if self.pid is None:
+    def stop(self, timeout: float = 60.0) -> None:
+        """A clean shutdown: SIGTERM, on which RabbitMQ stops its listeners, closes its clients'
+        connections and its queues and halts (as a service manager stops it; `rabbitmqctl stop`
+        does the same, three times slower here). A node not gone after `timeout` is killed."""
+        pid = self.pid
+        if pid is None:
             return
+        os.kill(pid, signal.SIGTERM)
         try:
-            self.ctl("stop", timeout=60)
-        except (RuntimeError, subprocess.TimeoutExpired):
+            eventually_sync(lambda: not alive(pid), timeout=timeout, interval=0.1)
+        except TimeoutError:
             self.kill()
-        eventually_sync(lambda: self.pid is None, timeout=30, interval=0.2)
 
     def _running_pid(self) -> int:
         pid = self.pid

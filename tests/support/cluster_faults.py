@@ -102,20 +102,28 @@ class ClusterFaults(Faults):
         self.wait_all_consumed(timeout)
         self.wait_reconnected(timeout=timeout)
 
+    def _log_since(self, began: float, kind: str, detail: str) -> None:
+        """Log a fault that struck at `began` (monotonic), once its figures are known."""
+        self.log.entries.append((round(began - self.log.started, 1), kind, detail))
+
     # --- the faults ---
 
     def kill_busiest_node(self, down_s: float = 5.0) -> RabbitNode:
         """SIGKILL the node that leads most of the quorum queues; restart it after `down_s`."""
         name, leads = self.leader_counts().most_common(1)[0]
         node = self.cluster.node(name)
+        began = time.monotonic()
         node.kill()
-        self.log.add(
-            "node sigkill", f"{name} (leader of {leads} queues), restarted after {down_s:.0f}s"
-        )
         time.sleep(down_s)
         node.start()
         node.wait_booted(BOOT_S)
         self.wait_whole()
+        self._log_since(
+            began,
+            "node sigkill",
+            f"{name} (leader of {leads} queues), restarted after {down_s:.0f}s,"
+            f" cluster whole at {time.monotonic() - began:.0f}s",
+        )
         return node
 
     def freeze_node(self, node: RabbitNode, seconds: float = 2.5 * HEARTBEAT_S) -> None:
@@ -151,11 +159,19 @@ class ClusterFaults(Faults):
     def rolling_restart(self) -> None:
         """Each node in turn: a clean stop, a start, and the cluster whole again before the next."""
         for node in self.cluster.nodes:
+            began = time.monotonic()
             node.stop()
-            self.log.add("rolling restart", f"{node.name} stopped")
+            stopped = time.monotonic() - began
             node.start()
             node.wait_booted(BOOT_S)
+            booted = time.monotonic() - began
             self.wait_whole()
+            self._log_since(
+                began,
+                "rolling restart",
+                f"{node.name}: stopped in {stopped:.0f}s, booted at {booted:.0f}s,"
+                f" cluster whole at {time.monotonic() - began:.0f}s",
+            )
 
     def memory_alarm(self, seconds: float, during: Callable[[], None]) -> None:
         """A memory alarm on one node (the cluster blocks every publisher) for `seconds`; `during`
