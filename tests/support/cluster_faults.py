@@ -108,7 +108,7 @@ class ClusterFaults(Faults):
 
     # --- the faults ---
 
-    def kill_busiest_node(self, down_s: float = 5.0) -> RabbitNode:
+    def kill_busiest_node(self, down_s: float = 3.0) -> RabbitNode:
         """SIGKILL the node that leads most of the quorum queues; restart it after `down_s`."""
         name, leads = self.leader_counts().most_common(1)[0]
         node = self.cluster.node(name)
@@ -137,7 +137,7 @@ class ClusterFaults(Faults):
             node.resume()
         self.wait_whole()
 
-    def partition(self, node: RabbitNode, seconds: float = 25.0) -> float:
+    def partition(self, node: RabbitNode, seconds: float = 20.0) -> float:
         """Cut `node` off the other two; it must notice it is in the minority and pause itself
         (`pause_minority`); heal after `seconds`. Returns how long the cluster took to notice."""
         cut = time.monotonic()
