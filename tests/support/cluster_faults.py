@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import httpx
 
-from harness.cluster import LocalCluster, RabbitNode
+from harness.cluster import NET_TICKTIME_S, LocalCluster, RabbitNode
 from harness.rabbitmq import Vhost
 from harness.wait import eventually_sync
 from tests.support.faults import HEARTBEAT_S, Faults
@@ -144,7 +144,9 @@ class ClusterFaults(Faults):
         self.cluster.partition.cut_off(node)
         try:
             eventually_sync(
-                lambda: node.name not in self.cluster.running_nodes(), timeout=seconds, interval=0.5
+                lambda: node.name not in self.cluster.running_nodes(),
+                timeout=2 * NET_TICKTIME_S + 5,
+                interval=0.5,
             )
             noticed = time.monotonic() - cut
             self.log.add(
