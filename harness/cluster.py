@@ -3,8 +3,8 @@ service. What a deployment past one machine runs, on one machine, for the cluste
 
 - RabbitMQ: nodes `saga-1@localhost` … `saga-3@localhost` from the installed `rabbitmq-server`,
   each with its own ports (AMQP 5681+, management 15681+, distribution 25681+), data directory and
-  configuration, sharing an Erlang cookie of their own; clustered with `join_cluster`, partitions
-  handled with `pause_minority`. The machine's own broker (rabbit@localhost, :5672) is not touched:
+  configuration, sharing an Erlang cookie of their own; the first boots alone and the others join
+  it as they first boot (classic peer discovery); partitions are handled with `pause_minority`. The machine's own broker (rabbit@localhost, :5672) is not touched:
   only epmd is shared.
 - haproxy in front: AMQP on :5680 (a server counts as up while it answers the AMQP handshake), the
   management API on :5690. The services get one AMQP URL, as behind a production load balancer.
@@ -12,8 +12,9 @@ service. What a deployment past one machine runs, on one machine, for the cluste
   on 127.0.0.1), dropped with `pg_dropcluster` at the end.
 
 `python -m harness.cluster up|down|status` (`make cluster-up`, `make cluster-down`) runs the same
-outside a test; the state lives in `.run/cluster/` and is removed by `down`. Missing engines make
-`ClusterUnavailable` with what is missing; haproxy is installed with apt-get if it is not there.
+outside a test; its data lives in `.run/cluster/` and is removed by `down`. Missing engines make
+`ClusterUnavailable` with what is missing; haproxy and iptables are installed with apt-get if they
+are not there.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from harness.wait import eventually_sync
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 PG_VERSION = os.environ.get("SAGA_CLUSTER_PG_VERSION", "15")
-#: Where `make cluster-up` keeps the cluster (nodes' data, configuration, logs, its state file).
+#: Where `make cluster-up` keeps the cluster (nodes' data, configuration, logs, the cookie).
 RUN_DIR = Path(".run") / "cluster"
 
 AMQP_PORT, MANAGEMENT_PORT, DIST_PORT = 5681, 15681, 25681
@@ -50,8 +51,8 @@ POSTGRES_PORT = 5441
 FIRST_NODE = "saga-1@localhost"
 #: The nodes run as groups 50001-50003 (see `RabbitNode.gid`).
 PARTITION_GID = 50000
-#: Seconds the nodes take to declare a silent peer down (Erlang's default is 60): a partition is
-#: noticed in 15-25 s.
+#: Erlang's net tick time (default 60 s), which bounds how long the nodes take to declare a silent
+#: peer down: a partition is noticed within it (10-11 s in the suite's runs).
 NET_TICKTIME_S = 20
 
 
