@@ -27,10 +27,9 @@ from harness.cluster import ClusterUnavailable, LocalCluster, check_engines, loc
 from harness.rabbitmq import Vhost
 from harness.system import SERVICES, System, running_system
 from harness.wait import eventually_sync
-from tests.faults.test_fault_suite import keep
 from tests.support.audit import audit_deliveries
 from tests.support.cluster_faults import ClusterFaults, LeaderWatch
-from tests.support.faults import HEARTBEAT_S, RECONNECT_INTERVAL_S, BrokerUsers
+from tests.support.faults import HEARTBEAT_S, RECONNECT_INTERVAL_S, BrokerUsers, keep
 from tests.support.load import Load
 from tools.check import check, snapshot
 from tools.client import Shop
