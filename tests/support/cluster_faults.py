@@ -86,12 +86,15 @@ class ClusterFaults(Faults):
         return Counter(q["leader"] for q in self.quorum_queues() if q.get("leader"))
 
     def wait_whole(self, timeout: float = BOOT_S) -> None:
-        """Three nodes run, every quorum queue has its three members online, every work queue a
+        """Three nodes run and serve (each answers its own management API: a node paused in a
+        minority does not), every quorum queue has its three members online, every work queue a
         consumer, and every service a broker connection."""
 
         def whole() -> bool:
             try:
                 if len(self.cluster.running_nodes()) != 3:
+                    return False
+                if not all(node.api.answers() for node in self.cluster.nodes):
                     return False
                 queues = self.quorum_queues()
             except httpx.HTTPError:
@@ -149,13 +152,17 @@ class ClusterFaults(Faults):
                 interval=0.5,
             )
             noticed = time.monotonic() - cut
-            self.log.add(
-                "partition", f"{node.name} cut off for {seconds:.0f}s, noticed after {noticed:.0f}s"
-            )
             time.sleep(max(0.0, seconds - (time.monotonic() - cut)))
         finally:
             self.cluster.partition.heal()
+        healed = time.monotonic()
         self.wait_whole()
+        self._log_since(
+            cut,
+            "partition",
+            f"{node.name} cut off for {seconds:.0f}s, noticed after {noticed:.0f}s,"
+            f" cluster whole {time.monotonic() - healed:.0f}s after the heal",
+        )
         return noticed
 
     def rolling_restart(self) -> None:
