@@ -4,8 +4,8 @@ service. What a deployment past one machine runs, on one machine, for the cluste
 - RabbitMQ: nodes `saga-1@localhost` … `saga-3@localhost` from the installed `rabbitmq-server`,
   each with its own ports (AMQP 5681+, management 15681+, distribution 25681+), data directory and
   configuration, sharing an Erlang cookie of their own; the first boots alone and the others join
-  it as they first boot (classic peer discovery); partitions are handled with `pause_minority`. The machine's own broker (rabbit@localhost, :5672) is not touched:
-  only epmd is shared.
+  it as they first boot (classic peer discovery); partitions are handled with `pause_minority`.
+  The machine's own broker (rabbit@localhost, :5672) is not touched: only epmd is shared.
 - haproxy in front: AMQP on :5680 (a server counts as up while it answers the AMQP handshake), the
   management API on :5690. The services get one AMQP URL, as behind a production load balancer.
 - PostgreSQL: one server per service, made with Debian's `pg_createcluster` on ports 5441+ (trust
