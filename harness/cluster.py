@@ -233,6 +233,11 @@ class Partition:
     nothing else on the machine is touched."""
 
     CHAIN = "SAGA-PARTITION"
+    #: Only the nodes' distribution ports pass through the chain: no other traffic is looked at.
+    JUMP = (
+        "-o", "lo", "-p", "tcp", "-m", "multiport",
+        "--dports", f"{DIST_PORT}:{DIST_PORT + 8}", "-j", CHAIN,
+    )  # fmt: skip
 
     def __init__(self, nodes: list[RabbitNode]) -> None:
         self.nodes = nodes
@@ -240,8 +245,8 @@ class Partition:
     def cut_off(self, alone: RabbitNode) -> None:
         ensure_package("iptables", "iptables")
         self._iptables("-N", self.CHAIN, check=False)
-        if not self._iptables("-C", "OUTPUT", "-o", "lo", "-j", self.CHAIN, check=False):
-            self._iptables("-I", "OUTPUT", "-o", "lo", "-j", self.CHAIN)
+        if not self._iptables("-C", "OUTPUT", *self.JUMP, check=False):
+            self._iptables("-I", "OUTPUT", *self.JUMP)
         for other in self.nodes:
             if other is not alone:
                 self._drop(other, alone)
@@ -255,7 +260,7 @@ class Partition:
         if shutil.which("iptables") is None:
             return
         self.heal()
-        while self._iptables("-D", "OUTPUT", "-o", "lo", "-j", self.CHAIN, check=False):
+        while self._iptables("-D", "OUTPUT", *self.JUMP, check=False):
             pass
         self._iptables("-X", self.CHAIN, check=False)
 
