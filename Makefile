@@ -111,5 +111,20 @@ screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prom
 test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)
 	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q -s tests/faults
 
+.PHONY: cluster-up cluster-down test-cluster
+cluster-up: install ## Start three clustered RabbitMQ nodes behind haproxy (:5680) and a PostgreSQL server per service (:5441-5444); needs root
+	$(PY) -m harness.cluster up
+
+cluster-down: ## Stop the cluster of `make cluster-up` and remove its data
+	@test -x $(PY) && $(PY) -m harness.cluster down || true
+
+test-cluster: install ## The cluster fault suite alone (~4 min, on a cluster of its own; `make test` runs it too)
+	$(PY) -m pytest -q -s tests/faults/test_cluster.py
+
+# Not part of `make test`: half an hour. RATE: orders/s (half what `make bench` sustains), MINUTES.
+.PHONY: soak
+soak: servers ## Soak (30 min at 13 orders/s): resources sampled every 30 s must stay flat, guarantees hold; result in .run/soak
+	SAGA_SOAK=1 SAGA_SOAK_S=$$(( $(or $(MINUTES),30) * 60 )) SAGA_SOAK_RATE=$(or $(RATE),13) $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
+
 bench: servers ## Benchmark the saga beside raw baselines, on its own services (< 3 min); ARGS="--rate 100 …", PROFILE=1 adds py-spy
 	$(PY) -m tools.bench $(if $(PROFILE),--profile .run/bench/profile) $(ARGS)

@@ -85,6 +85,8 @@ class System:
     extra_databases: list[str] = field(default_factory=list)
     #: Mints the tokens its services accept; None if they take none (`AUTH_DISABLED`).
     tokens: Tokens | None = None
+    #: Service -> the admin URL of the server its database is on (default: `servers`').
+    database_servers: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every process not running, then wait until each is ready."""
@@ -150,10 +152,12 @@ def running_system(
     vhost: Vhost | None = None,
     label: str = "test",
     start_timeout: float = 60.0,
+    database_servers: dict[str, str] | None = None,
 ) -> Iterator[System]:
     """The four services started on fresh databases and a vhost (`<label>-<hex>`, unless one is
     given: it is then left in place), stopped and cleaned up after. `extra_env` goes to every
-    service, `per_service_env[name]` to one."""
+    service, `per_service_env[name]` to one. `database_servers[name]` is the admin URL of another
+    PostgreSQL server for that service's database (a server per service, as in a cluster)."""
     with contextlib.ExitStack() as cleanup:
         if vhost is None:
             vhost = Vhost.create(servers, f"{label}-{secrets.token_hex(6)}")
@@ -163,11 +167,15 @@ def running_system(
         if not names_a_key(extra_env):
             extra_env["AUTH_SECRET"] = new_secret()
         system.tokens = Tokens.from_env(extra_env)
+        system.database_servers = {
+            name: (database_servers or {}).get(name, servers.postgres_admin_url)
+            for name in SERVICES
+        }
         # Run last: the databases go once every process holding sessions on them has stopped.
         cleanup.callback(_drop_databases, system)
         cleanup.callback(system.stop)
         for name in SERVICES:
-            system.databases[name] = create_database(servers.postgres_admin_url, name)
+            system.databases[name] = create_database(system.database_servers[name], name)
         # Ports picked just before the processes bind them: the shorter the gap, the smaller the
         # chance that another process on the machine takes one meanwhile.
         for name in SERVICES:
@@ -178,13 +186,20 @@ def running_system(
         system.start(start_timeout)
         # The operator tools' read-only role reads the migrated outboxes and inboxes (the audit,
         # the benchmark's hop table).
-        provision_reader(
-            servers.postgres_admin_url,
-            [str(make_url(u).database) for u in system.databases.values()],
-        )
+        for admin_url in set(system.database_servers.values()):
+            provision_reader(
+                admin_url,
+                [
+                    str(make_url(system.databases[name]).database)
+                    for name, server in system.database_servers.items()
+                    if server == admin_url
+                ],
+            )
         yield system
 
 
 def _drop_databases(system: System) -> None:
-    for url in [*system.databases.values(), *system.extra_databases]:
+    for name, url in system.databases.items():
+        drop_database(system.database_servers[name], url, patience=120)
+    for url in system.extra_databases:
         drop_database(system.servers.postgres_admin_url, url, patience=120)

@@ -75,9 +75,14 @@ async def ready(
     if not messaging.broker_connected():
         failed["broker"] = "not connected"
     if "database" not in failed and "broker" not in failed:
+        if await messaging.broker_blocks_publishing():
+            failed["relay"] = (
+                "waiting: the broker blocks publishers (a memory or disk alarm);"
+                " events stay in the outbox until it clears"
+            )
         try:
             _, oldest = await asyncio.wait_for(messaging.outbox_backlog(), timeout)
-            if oldest > messaging.settings.relay_stuck_after_s:
+            if oldest > messaging.settings.relay_stuck_after_s and "relay" not in failed:
                 failed["relay"] = f"oldest unpublished event is {oldest:.0f}s old"
         except Exception as exc:
             failed["relay"] = f"backlog unreadable: {exc}"

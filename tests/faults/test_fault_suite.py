@@ -8,11 +8,9 @@ start_app, PostgreSQL restart) join in with `SAGA_FAULTS_GLOBAL=1`; see tests/su
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +24,7 @@ from tests.support.faults import (
     RECONNECT_INTERVAL_S,
     BrokerUsers,
     Faults,
+    keep,
 )
 from tests.support.load import Load
 from tools.check import check, snapshot
@@ -147,12 +146,3 @@ def inject(faults: Faults, rng: random.Random) -> None:
         faults.wait_reconnected(SERVICES)
         time.sleep(rng.uniform(1.0, 4.0))
         faults.restart_postgres()
-
-
-def keep(figures: dict, entries: list) -> None:
-    print("fault suite:", json.dumps(figures))
-    for at, kind, detail in entries:
-        print(f"  fault at {at:6.1f}s: {kind} — {detail}")
-    target = os.environ.get("SAGA_FAULTS_REPORT")
-    if target:
-        Path(target).write_text(json.dumps({**figures, "log": entries}, indent=2) + "\n")
