@@ -17,7 +17,7 @@ export SAGA_TEST_AMQP_URL ?= amqp://guest:guest@127.0.0.1:5672/
 export SAGA_TEST_RABBITMQ_API ?= http://guest:guest@127.0.0.1:15672
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi prometheus prometheus-install
+.PHONY: help install lock servers up down status migrate test test-unit test-fast lint demo check trace dlq redrive bench screenshot asyncapi prometheus prometheus-install token
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -41,8 +41,8 @@ lock: ## Regenerate requirements.lock and requirements-dev.lock from pyproject.t
 servers: install ## Make sure local PostgreSQL and RabbitMQ (with its management UI) are running
 	$(PY) -m tools.servers
 
-up: servers ## Start the four services in the background (only those not running); logs in .run/logs
-	$(PY) -m tools.services up
+up: servers ## Start the four services in the background (only those not running); logs in .run/logs; TRACES=1: spans in .run/traces
+	$(if $(TRACES),TRACES_DIR=$(CURDIR)/.run/traces) $(PY) -m tools.services up
 
 down: ## Stop the services started by `make up`
 	@test -x $(PY) && $(PY) -m tools.services down || true
@@ -76,9 +76,13 @@ demo: up ## Play every scenario (SCENARIO=<name> for one) with timelines, then c
 check: install ## Check the guarantees (docs/spec.md §7) on the running services (WAIT=<s> to wait until at rest)
 	$(PY) -m tools.check $(if $(WAIT),--wait $(WAIT))
 
-trace: install ## Print one saga's timeline hop by hop: make trace ORDER=<order id>
-	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id>"; exit 2; }
-	$(PY) -m tools.trace $(ORDER)
+token: install ## Print a token for curl: make token SUB=<customer> [SCOPE=admin] (the key of make up's services)
+	@test -n "$(SUB)" || { echo "usage: make token SUB=<customer id> [SCOPE=admin]"; exit 2; }
+	@$(PY) -m tools.tokens $(SUB) $(if $(filter admin,$(SCOPE)),--admin)
+
+trace: install ## One saga hop by hop: make trace ORDER=<order id> [FORMAT=mermaid|spans]
+	@test -n "$(ORDER)" || { echo "usage: make trace ORDER=<order id> [FORMAT=mermaid|spans]"; exit 2; }
+	@$(PY) -m tools.trace $(ORDER) $(if $(FORMAT),--format $(FORMAT))
 
 dlq: install ## List dead-lettered messages: why they died, how often, their ids (QUEUE=<q>.dlq for one)
 	$(PY) -m tools.dlq list $(if $(QUEUE),--queue $(QUEUE))
@@ -106,6 +110,21 @@ screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prom
 .PHONY: test-faults
 test-faults: servers ## The fault suite alone (~3 min); GLOBAL=1 adds broker and PostgreSQL restarts (never on a shared machine)
 	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q -s tests/faults
+
+.PHONY: cluster-up cluster-down test-cluster
+cluster-up: install ## Start three clustered RabbitMQ nodes behind haproxy (:5680) and a PostgreSQL server per service (:5441-5444); needs root
+	$(PY) -m harness.cluster up
+
+cluster-down: ## Stop the cluster of `make cluster-up` and remove its data
+	@test -x $(PY) && $(PY) -m harness.cluster down || true
+
+test-cluster: install ## The cluster fault suite alone (~4 min, on a cluster of its own; `make test` runs it too)
+	$(PY) -m pytest -q -s tests/faults/test_cluster.py
+
+# Not part of `make test`: half an hour. RATE: orders/s (half what `make bench` sustains), MINUTES.
+.PHONY: soak
+soak: servers ## Soak (30 min at 13 orders/s): resources sampled every 30 s must stay flat, guarantees hold; result in .run/soak
+	SAGA_SOAK=1 SAGA_SOAK_S=$$(( $(or $(MINUTES),30) * 60 )) SAGA_SOAK_RATE=$(or $(RATE),13) $(PY) -m pytest -q -s -p no:cacheprovider tests/soak
 
 bench: servers ## Benchmark the saga beside raw baselines, on its own services and PostgreSQL (< 4 min); ARGS="--step-duration 30 …", PROFILE=1 adds py-spy
 	$(PY) -m tools.bench $(if $(PROFILE),--profile .run/bench/profile) $(ARGS)

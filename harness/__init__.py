@@ -4,5 +4,6 @@ Finding the servers (`servers`), making a vhost (`rabbitmq`) and databases (`dat
 starting the four services as processes on free ports and waiting until they are ready
 (`system`, `process`), and waiting for anything without sleeping (`wait`). It ships with the
 project, so that the benchmark and the operator tools run from an installed package; it imports
-`contracts`, `outbox` and two leaf modules of `tools` (`client`, `postgres`), never `tests`.
+`contracts`, `outbox` and three leaf modules of `tools` (`client`, `tokens`, `postgres`), never
+`tests`.
 """

@@ -56,7 +56,7 @@ class ServiceProcess:
             pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     @property
     def running(self) -> bool:
@@ -121,10 +121,10 @@ class ServiceProcess:
         elif (pid := self.pid) is not None:
             os.kill(pid, sig)
             try:
-                eventually_sync(lambda: not _alive(pid), timeout=timeout, interval=0.05)
+                eventually_sync(lambda: not alive(pid), timeout=timeout, interval=0.05)
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
-                eventually_sync(lambda: not _alive(pid), timeout=timeout, interval=0.05)
+                eventually_sync(lambda: not alive(pid), timeout=timeout, interval=0.05)
         if self.pid_file is not None:
             self.pid_file.unlink(missing_ok=True)
 
@@ -168,7 +168,7 @@ class ServiceProcess:
         os.kill(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """The process exists and has not exited; collected first if it is our child."""
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:

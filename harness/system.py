@@ -4,6 +4,10 @@
 services (each applies its migrations on start), waits until each is ready, and removes everything
 when the block ends. Nothing of `make up` is touched (its ports 8000-8003, its databases): the e2e
 and fault tests and the benchmark each run in a copy of their own.
+
+Authentication is on, as under `make up`: each system verifies tokens with a secret of its own,
+and `System.tokens` mints them, as a user's identity provider would. `extra_env` may name another
+key (`AUTH_PUBLIC_KEY` with `AUTH_PRIVATE_KEY` to sign) or `AUTH_DISABLED=true`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from harness.rabbitmq import Vhost
 from harness.servers import Servers
 from tools.client import Urls
 from tools.provision import provision_reader
+from tools.tokens import Tokens, names_a_key, new_secret
 
 SERVICES = ("order_service", "inventory_service", "payment_service", "notification_service")
 
@@ -42,14 +47,20 @@ def service_process(
 ) -> ServiceProcess:
     """Service `name` on a free port of its own, on these servers; `env` adds to its environment.
 
-    Not started. It inherits this process's environment, but for armed crash points."""
+    Not started. It inherits this process's environment, but for armed crash points and the keys
+    of authentication: it verifies tokens with a fresh secret, unless `env` names a key."""
     port = free_port()
-    inherited = {k: v for k, v in os.environ.items() if k != "ORDER_SAGA_CRASH_AT"}
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "ORDER_SAGA_CRASH_AT" and not k.startswith("AUTH_")
+    }
     return ServiceProcess(
         name,
         port,
         {
             **inherited,
+            **({} if names_a_key(env or {}) else {"AUTH_SECRET": new_secret()}),
             "PYTHONUNBUFFERED": "1",
             "PORT": str(port),
             "DATABASE_URL": database_url,
@@ -72,6 +83,10 @@ class System:
     #: By service name; replicas are `<service>#2`, `#3`, …
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     extra_databases: list[str] = field(default_factory=list)
+    #: Mints the tokens its services accept; None if they take none (`AUTH_DISABLED`).
+    tokens: Tokens | None = None
+    #: Service -> the admin URL of the server its database is on (default: `servers`').
+    database_servers: dict[str, str] = field(default_factory=dict)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every process not running, then wait until each is ready."""
@@ -137,37 +152,54 @@ def running_system(
     vhost: Vhost | None = None,
     label: str = "test",
     start_timeout: float = 60.0,
+    database_servers: dict[str, str] | None = None,
 ) -> Iterator[System]:
     """The four services started on fresh databases and a vhost (`<label>-<hex>`, unless one is
     given: it is then left in place), stopped and cleaned up after. `extra_env` goes to every
-    service, `per_service_env[name]` to one."""
+    service, `per_service_env[name]` to one. `database_servers[name]` is the admin URL of another
+    PostgreSQL server for that service's database (a server per service, as in a cluster)."""
     with contextlib.ExitStack() as cleanup:
         if vhost is None:
             vhost = Vhost.create(servers, f"{label}-{secrets.token_hex(6)}")
             cleanup.callback(vhost.delete)
         system = System(servers, vhost, log_dir)
+        extra_env = dict(extra_env or {})
+        if not names_a_key(extra_env):
+            extra_env["AUTH_SECRET"] = new_secret()
+        system.tokens = Tokens.from_env(extra_env)
+        system.database_servers = {
+            name: (database_servers or {}).get(name, servers.postgres_admin_url)
+            for name in SERVICES
+        }
         # Run last: the databases go once every process holding sessions on them has stopped.
         cleanup.callback(_drop_databases, system)
         cleanup.callback(system.stop)
         for name in SERVICES:
-            system.databases[name] = create_database(servers.postgres_admin_url, name)
+            system.databases[name] = create_database(system.database_servers[name], name)
         # Ports picked just before the processes bind them: the shorter the gap, the smaller the
         # chance that another process on the machine takes one meanwhile.
         for name in SERVICES:
-            env = {**(extra_env or {}), **(per_service_env or {}).get(name, {})}
+            env = {**extra_env, **(per_service_env or {}).get(name, {})}
             system.services[name] = service_process(
                 name, system.databases[name], vhost.amqp_url, log_dir, env
             )
         system.start(start_timeout)
         # The operator tools' read-only role reads the migrated outboxes and inboxes (the audit,
         # the benchmark's hop table).
-        provision_reader(
-            servers.postgres_admin_url,
-            [str(make_url(u).database) for u in system.databases.values()],
-        )
+        for admin_url in set(system.database_servers.values()):
+            provision_reader(
+                admin_url,
+                [
+                    str(make_url(system.databases[name]).database)
+                    for name, server in system.database_servers.items()
+                    if server == admin_url
+                ],
+            )
         yield system
 
 
 def _drop_databases(system: System) -> None:
-    for url in [*system.databases.values(), *system.extra_databases]:
+    for name, url in system.databases.items():
+        drop_database(system.database_servers[name], url, patience=120)
+    for url in system.extra_databases:
         drop_database(system.servers.postgres_admin_url, url, patience=120)

@@ -9,15 +9,14 @@ import msgspec
 from litestar import Controller, Response, get, put
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inventory_service.models import Product, Reservation
-
-# Litestar applies `PathParameter` constraints to path parameters; it ignores `msgspec.Meta` there.
-Sku = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+from inventory_service import handlers
+from inventory_service.models import Product, Reservation, StockBelowReserved
+from web import Principal
+from web.params import DEFAULT_PAGE, Limit, NameInPath, Offset
 
 
 class ProductIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -73,35 +72,23 @@ class ProductController(Controller):
 
     @put("/{sku:str}", status_code=200)
     async def put_product(
-        self, sku: Sku, data: JSONBody[ProductIn], session: NamedDependency[AsyncSession]
+        self,
+        sku: NameInPath,
+        data: JSONBody[ProductIn],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> Response[ProductOut]:
-        """Create a product (201) or set its name, price and stock (200). Stock can't go below
-        what is reserved (409); a new price applies to reservations made from now on."""
-        created = await session.scalar(
-            insert(Product)
-            .values(
-                sku=sku,
-                name=data.name,
-                price_cents=data.price_cents,
-                on_hand=data.on_hand,
-                reserved=0,
+        """Create a product (201) or set its name, price and stock (200), as an operator. Stock
+        can't go below what is reserved (409); a new price applies to reservations made from now
+        on."""
+        principal.require_admin()
+        try:
+            product, created = await handlers.put_product(
+                session, sku, data.name, data.price_cents, data.on_hand
             )
-            .on_conflict_do_nothing()
-            .returning(Product.sku)
-        )
-        product = await session.get(Product, sku, with_for_update=True)
-        assert product is not None
-        if created is None:
-            if data.on_hand < product.reserved:
-                raise ClientException(
-                    status_code=409,
-                    detail=f"on_hand {data.on_hand} is below the {product.reserved} units of "
-                    f"{sku} reserved for orders",
-                )
-            product.name = data.name
-            product.price_cents = data.price_cents
-            product.on_hand = data.on_hand
-        return Response(ProductOut.of(product), status_code=200 if created is None else 201)
+        except StockBelowReserved as exc:
+            raise ClientException(status_code=409, detail=str(exc)) from exc
+        return Response(ProductOut.of(product), status_code=201 if created else 200)
 
     @get("/")
     async def list_products(self, session: NamedDependency[AsyncSession]) -> list[ProductOut]:
@@ -110,7 +97,9 @@ class ProductController(Controller):
         return [ProductOut.of(product) for product in products]
 
     @get("/{sku:str}")
-    async def get_product(self, sku: Sku, session: NamedDependency[AsyncSession]) -> ProductOut:
+    async def get_product(
+        self, sku: NameInPath, session: NamedDependency[AsyncSession]
+    ) -> ProductOut:
         product = await session.get(Product, sku)
         if product is None:
             raise NotFoundException(f"no product {sku}")
@@ -125,10 +114,12 @@ class ReservationController(Controller):
     async def list_reservations(
         self,
         session: NamedDependency[AsyncSession],
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        principal: NamedDependency[Principal],
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[ReservationOut]:
-        """Every order's reservation, by order id, a page at a time (for audits)."""
+        """Every order's reservation, by order id, a page at a time (for audits, by operators)."""
+        principal.require_admin()
         reservations = await session.scalars(
             select(Reservation).order_by(Reservation.order_id).limit(limit).offset(offset)
         )
@@ -136,10 +127,13 @@ class ReservationController(Controller):
 
     @get("/{order_id:uuid}")
     async def get_reservation(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> ReservationOut:
         """What inventory did for an order: reserved, committed (sold), released or rejected."""
         reservation = await session.get(Reservation, order_id)
-        if reservation is None:
+        if reservation is None or not principal.owns(reservation.customer_id):
             raise NotFoundException(f"no reservation for order {order_id}")
         return ReservationOut.of(reservation)

@@ -1,4 +1,5 @@
-"""What inventory_service does when an event arrives: reserve, sell or give back an order's stock.
+"""What inventory_service does when an event arrives (reserve, sell or give back an order's
+stock) and when an operator sets a product (`PUT /products/{sku}`).
 
 Handlers take the stock their transaction loaded and locked (`Stock`: the orders' reservations,
 then their products in sku order, so that concurrent transactions take turns without
@@ -9,6 +10,9 @@ owns the transaction.
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import (
     Item,
@@ -23,9 +27,27 @@ from contracts import (
     StockReleased,
     StockReserved,
 )
-from inventory_service.models import Reservation, Status, quantities
+from inventory_service.models import Product, Reservation, Status, quantities
 from inventory_service.store import Stock
 from outbox import PoisonMessage
+
+
+async def put_product(
+    session: AsyncSession, sku: str, name: str, price_cents: int, on_hand: int
+) -> tuple[Product, bool]:
+    """Create the product, or set its name, price and stock (`Product.update`); the product,
+    locked, and whether it was created. Of two requests creating one sku, one creates it."""
+    created = await session.scalar(
+        insert(Product)
+        .values(sku=sku, name=name, price_cents=price_cents, on_hand=on_hand, reserved=0)
+        .on_conflict_do_nothing()
+        .returning(Product.sku)
+    )
+    product = await session.get(Product, sku, with_for_update=True)
+    assert product is not None
+    if created is None:
+        product.update(name, price_cents, on_hand)
+    return product, created is not None
 
 
 def reserve_stock(stock: Stock, event: OrderCreated) -> None:

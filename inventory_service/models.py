@@ -41,6 +41,15 @@ def quantities(items: Iterable[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
+class StockBelowReserved(Exception):
+    """A product's stock may not be set below the units held for orders."""
+
+    def __init__(self, sku: str, on_hand: int, reserved: int) -> None:
+        super().__init__(
+            f"on_hand {on_hand} is below the {reserved} units of {sku} reserved for orders"
+        )
+
+
 class Product(Base):
     """A product, its price and its stock; the database refuses stock that does not add up."""
 
@@ -62,6 +71,15 @@ class Product(Base):
     @property
     def available(self) -> int:
         return self.on_hand - self.reserved
+
+    def update(self, name: str, price_cents: int, on_hand: int) -> None:
+        """Set the name, the price (for reservations made from now on) and the stock, which may
+        not go below what is reserved (`StockBelowReserved`)."""
+        if on_hand < self.reserved:
+            raise StockBelowReserved(self.sku, on_hand, self.reserved)
+        self.name = name
+        self.price_cents = price_cents
+        self.on_hand = on_hand
 
     def reserve(self, quantity: int) -> None:
         self.reserved += quantity

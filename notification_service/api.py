@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
 
 import msgspec
 from litestar import Controller, get
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
-
-# A `QueryParameter`, not `msgspec.Meta`: Litestar ignores the latter on query parameters, and
-# PostgreSQL refuses the NUL byte an unchecked one lets through (a 500, not a 400).
-SomeCustomerId = Annotated[
-    str | None, QueryParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-]
+from web import Principal
+from web.params import DEFAULT_PAGE, Limit, Offset, SomeCustomerId
 
 
 class NotificationOut(msgspec.Struct):
@@ -50,13 +45,16 @@ class NotificationController(Controller):
     async def list_notifications(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         order_id: FromQuery[uuid.UUID | None] = None,
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[NotificationOut]:
         """The latest `limit` notifications after skipping the `offset` latest, oldest first: of
-        one order with `order_id`, of one customer with `customer_id`, of everyone with neither."""
+        one order with `order_id`, of one customer with `customer_id`, of everyone with neither.
+        A customer sees only its own; an operator, anyone's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Notification)
             .order_by(Notification.created_at.desc(), Notification.notification_id.desc())

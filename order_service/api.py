@@ -11,17 +11,15 @@ from litestar import Controller, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
-from web import IdempotencyKeyHeader, remember, replay, request_hash
-
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+from web import IdempotencyKeyHeader, Principal, remember, replay, request_hash
+from web.params import DEFAULT_PAGE, Limit, Name, Offset, SomeCustomerId
 
 
 class OrderLineIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,8 +28,9 @@ class OrderLineIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PlaceOrder(msgspec.Struct, forbid_unknown_fields=True):
-    customer_id: Name
     items: Annotated[list[OrderLineIn], msgspec.Meta(min_length=1, max_length=50)]
+    #: The caller's own id if left out; another customer's only with an operator's token.
+    customer_id: Name | None = None
 
 
 class OrderLine(msgspec.Struct):
@@ -73,34 +72,41 @@ class OrderController(Controller):
         self,
         data: JSONBody[PlaceOrder],
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         state: State,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[OrderOut] | Response[bytes]:
         """Place an order: it starts `pending`, and the saga takes it from there."""
+        customer_id = principal.act_for(data.customer_id)
         body_hash = request_hash(data)
+        # Keys are the customer's own: another's same key and body never replay its order.
+        scope = f"orders:{customer_id}"
         if idempotency_key is not None:
-            previous = await replay(session, "orders", idempotency_key, body_hash)
+            previous = await replay(session, scope, idempotency_key, body_hash)
             if previous is not None:
                 return previous
         orders = Orders(session)
         order, _ = handlers.place_order(
             orders,
-            data.customer_id,
+            customer_id,
             [(line.sku, line.quantity) for line in data.items],
             state.settings.order_timeout_s,
         )
         body = OrderOut.of(order)
         location = f"/orders/{order.order_id}"
         if idempotency_key is not None:
-            remember(session, "orders", idempotency_key, body_hash, 201, body, location)
+            remember(session, scope, idempotency_key, body_hash, 201, body, location)
         return Response(body, status_code=201, headers={"Location": location})
 
     @get("/{order_id:uuid}")
     async def get_order(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> OrderOut:
         order = await session.get(Order, order_id)
-        if order is None:
+        if order is None or not principal.owns(order.customer_id):
             raise NotFoundException(f"no order {order_id}")
         return OrderOut.of(order)
 
@@ -108,14 +114,13 @@ class OrderController(Controller):
     async def list_orders(
         self,
         session: NamedDependency[AsyncSession],
-        customer_id: Annotated[
-            str | None, QueryParameter(min_length=1, max_length=64, pattern=NAME_PATTERN)
-        ] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        # Past a bigint, PostgreSQL would refuse the offset: a 500 rather than a 400.
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        principal: NamedDependency[Principal],
+        customer_id: SomeCustomerId = None,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[OrderOut]:
-        """Orders, newest first; of one customer with `customer_id`."""
+        """Orders, newest first: the caller's own; an operator's, everyone's or one customer's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Order)
             .order_by(Order.created_at.desc(), Order.order_id)
@@ -128,10 +133,13 @@ class OrderController(Controller):
 
     @post("/{order_id:uuid}/cancel", status_code=202)
     async def cancel_order(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> Response[OrderOut]:
         """Cancel in any status but cancelled (202); cancelling a cancelled order answers 200."""
-        order, changed = await handlers.cancel_order(session, order_id)
+        order, changed = await handlers.cancel_order(session, order_id, principal.restricted_to)
         if order is None:
             raise NotFoundException(f"no order {order_id}")
         return Response(OrderOut.of(order), status_code=202 if changed else 200)

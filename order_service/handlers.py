@@ -26,7 +26,7 @@ from contracts import (
 )
 from order_service.models import Order
 from order_service.store import Orders
-from outbox import PoisonMessage
+from outbox import PoisonMessage, continuing
 
 
 def place_order(
@@ -89,12 +89,19 @@ def cancel(orders: Orders, order: Order, reason: CancelReason) -> bool:
     return True
 
 
-async def cancel_order(session: AsyncSession, order_id: uuid.UUID) -> tuple[Order | None, bool]:
-    """The customer cancels (`POST /orders/{id}/cancel`): the order, if there is one, and whether
-    this request cancelled it."""
+async def cancel_order(
+    session: AsyncSession, order_id: uuid.UUID, customer_id: str | None = None
+) -> tuple[Order | None, bool]:
+    """The customer cancels (`POST /orders/{id}/cancel`): the order, if there is one (and it is
+    `customer_id`'s, unless None), and whether this request cancelled it."""
     orders = await Orders.lock(session, [order_id])
     order = orders.find(order_id)
-    changed = order is not None and cancel(orders, order, "customer_request")
+    if order is None or customer_id not in (None, order.customer_id):
+        return None, False
+    # The cancellation and its compensations join the saga's trace (linked to this request's).
+    sagas = await orders.traces()
+    with continuing(sagas.get(order_id), "cancel order", **{"saga.order_id": str(order_id)}):
+        changed = cancel(orders, order, "customer_request")
     return order, changed
 
 
@@ -104,8 +111,12 @@ async def cancel_overdue(session: AsyncSession, limit: int = 100) -> int:
     Several replicas may sweep at once: each overdue order goes to one of them.
     """
     orders, overdue = await Orders.overdue(session, limit)
+    sagas = await orders.traces() if overdue else {}
     for order in overdue:
-        cancel(orders, order, "timeout")
+        with continuing(
+            sagas.get(order.order_id), "order deadline", **{"saga.order_id": str(order.order_id)}
+        ):
+            cancel(orders, order, "timeout")
     return len(overdue)
 
 

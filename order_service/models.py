@@ -11,6 +11,8 @@ from sqlalchemy import BigInteger, DateTime, Index, String, false, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from contracts import CancelReason
+
 
 class Base(DeclarativeBase):
     pass
@@ -113,7 +115,7 @@ class Order(Base):
         self._touch()
         return True
 
-    def cancel(self, reason: str) -> bool:
+    def cancel(self, reason: CancelReason) -> bool:
         """Cancelled from any status but cancelled; the other services compensate on OrderCancelled."""
         if self.status == Status.CANCELLED:
             return False

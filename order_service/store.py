@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import CancelReason, Event, OrderCancelled, OrderCompleted
 from order_service.models import Order, Status
+from outbox import saga_traces
 from outbox.transaction import compiled
 from outbox.unit import Rows, Unit, ids
 
@@ -79,6 +80,10 @@ class Orders(Unit):
         orders = cls(session)
         found = await orders.rows.load(session, _OVERDUE, {"limit": limit})
         return orders, found
+
+    async def traces(self) -> dict[uuid.UUID, str]:
+        """The trace each order's saga began in, for events staged outside it (a cancellation)."""
+        return await saga_traces(self.session, [order.order_id for order in self.rows])
 
     def find(self, order_id: uuid.UUID) -> Order | None:
         return self.rows.get(order_id)

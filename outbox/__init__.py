@@ -8,6 +8,7 @@ from outbox.manifest import Handler, Manifest
 from outbox.parsing import PoisonMessage
 from outbox.runtime import Messaging
 from outbox.settings import MessagingSettings, local_database_url
+from outbox.tracing import continuing, saga_traces
 from outbox.writer import add
 
 __all__ = [
@@ -17,5 +18,7 @@ __all__ = [
     "MessagingSettings",
     "PoisonMessage",
     "add",
+    "continuing",
     "local_database_url",
+    "saga_traces",
 ]

@@ -31,13 +31,13 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, event_name
-from outbox import inbox, metrics, transaction
+from outbox import inbox, metrics, tracing, transaction
 from outbox.faults import crash_point
 from outbox.inbox import Delivery
 from outbox.manifest import Manifest
 from outbox.parsing import PoisonMessage, parse_event
 from outbox.topology import declare_queues
-from outbox.unit import begin
+from outbox.unit import Unit, begin
 from outbox.writer import Cause, current_cause
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,30 @@ async def deliver(
 ) -> list[bool]:
     """Handle deliveries in one transaction: inbox claims and the service's unit loaded, the
     handlers of the claimed ones in turn; then the unit's writes, the outbox rows and the commit
-    in one round trip. For each delivery, False if it was a duplicate.
+    in one round trip. For each delivery, False if it was a duplicate. Tracing, each delivery
+    has a span of its own, a child of its message's `traceparent` (`outbox.tracing.Deliveries`).
 
     The consumer calls this for every batch; tests call it to deliver events in any order.
     """
+    spans = tracing.deliveries(manifest.service, deliveries)
+    try:
+        with spans.transaction() if spans else contextlib.nullcontext():
+            first = await _deliver(sessionmaker, manifest, deliveries, spans)
+    except BaseException as exc:
+        if spans:
+            spans.end(failed=exc)
+        raise
+    if spans:
+        spans.end()
+    return first
+
+
+async def _deliver(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    manifest: Manifest,
+    deliveries: Sequence[Delivery],
+    spans: tracing.Deliveries | None,
+) -> list[bool]:
     async with begin(sessionmaker) as session:
         # The unit's first reads go with the claims, in one round trip: the rows of a duplicate
         # are loaded (and locked) for nothing, which is rare and harmless.
@@ -67,16 +87,26 @@ async def deliver(
             claims = await inbox.claim(session, deliveries)
             unit = await manifest.unit.load(session, [delivery.event for delivery in deliveries])
             first = await claims.new()
-        for delivery, new in zip(deliveries, first, strict=True):
-            if not new:
-                continue
-            token = current_cause.set(Cause(delivery.event.event_id, delivery.traceparent))
-            try:
-                manifest.consumes[type(delivery.event)](unit, delivery.event)
-            finally:
-                current_cause.reset(token)
+        if spans:
+            spans.claimed(first)
+        for i, (delivery, new) in enumerate(zip(deliveries, first, strict=True)):
+            if new:
+                _handle(manifest, unit, delivery, spans, i)
         crash_point("consumer.before_commit")
     return first
+
+
+def _handle(
+    manifest: Manifest, unit: Unit, delivery: Delivery, spans: tracing.Deliveries | None, i: int
+) -> None:
+    """Run a delivery's handler, with the delivery as the cause (and, tracing, the current span)
+    of the events it emits."""
+    token = current_cause.set(Cause(delivery.event.event_id, delivery.traceparent))
+    try:
+        with spans.handling(i) if spans else contextlib.nullcontext():
+            manifest.consumes[type(delivery.event)](unit, delivery.event)
+    finally:
+        current_cause.reset(token)
 
 
 @dataclass(frozen=True, slots=True)

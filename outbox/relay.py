@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from contracts import SCHEMA_VERSION
-from outbox import metrics
+from outbox import metrics, tracing
 from outbox.faults import crash_point
 from outbox.tables import OutboxMessage
 from outbox.writer import Staged
@@ -97,6 +97,10 @@ class Relay:
       and gives back the rows that were not confirmed. A sweep leaves alone rows younger than
       `grace_s`, which a hand-over (of this replica or another) is publishing, except while it
       catches up: at start, after a failure, and while batches come back full.
+
+    Tracing, each publish is a span, a child of the context its row recorded (the message carries
+    that context, not the relay's), and each sweep that publishes something a span linked to its
+    rows' contexts (`outbox.tracing`).
 
     Either way, a crash after publishing and before the mark commits leaves rows unpublished:
     they are published again with the same message ids, and consumers' inboxes make that
@@ -249,16 +253,19 @@ class Relay:
     async def sweep(self, grace_s: float = 0.0) -> int:
         """Publish one batch of unpublished rows older than `grace_s` seconds from the table;
         returns how many were confirmed and marked."""
-        async with self._sessionmaker() as session, session.begin():
-            result = await session.execute(self._claim, {"grace": timedelta(seconds=grace_s)})
-            rows = sorted(result.all(), key=lambda row: row.id)
-            if not rows:
-                return 0
-            confirmed = await self._publish(rows)
-            crash_point("relay.after_publish")
-            if len(confirmed) < len(rows):
-                kept = {row.id for row in confirmed}
-                await session.execute(_UNMARK, {"ids": [r.id for r in rows if r.id not in kept]})
+        with tracing.sweeping(self.service) as claimed:
+            async with self._sessionmaker() as session, session.begin():
+                result = await session.execute(self._claim, {"grace": timedelta(seconds=grace_s)})
+                rows = sorted(result.all(), key=lambda row: row.id)
+                if not rows:
+                    return 0
+                claimed.extend(rows)
+                confirmed = await self._publish(rows)
+                crash_point("relay.after_publish")
+                if len(confirmed) < len(rows):
+                    kept = {row.id for row in confirmed}
+                    unmark = [r.id for r in rows if r.id not in kept]
+                    await session.execute(_UNMARK, {"ids": unmark})
         return self._published(rows, confirmed)
 
     def _published(self, rows: Sequence[OutboxRow], confirmed: Sequence[OutboxRow]) -> int:
@@ -274,13 +281,19 @@ class Relay:
     async def _publish(self, rows: Sequence[_Row]) -> list[_Row]:
         assert self._exchange is not None, "run() sets the exchange"
         exchange = self._exchange
-        results = await asyncio.gather(
-            *(exchange.publish(to_message(row, self.service), row.event_type) for row in rows),
-            return_exceptions=True,
-        )
+        with tracing.publishing(rows, self.service, exchange.name) as refused:
+            results = await asyncio.gather(
+                *(exchange.publish(to_message(row, self.service), row.event_type) for row in rows),
+                return_exceptions=True,
+            )
+            for i, result in enumerate(results):
+                if isinstance(result, BaseException) and not self._unrouted_broadcast(
+                    rows[i], result
+                ):
+                    refused(i, result)
         confirmed = []
         for row, result in zip(rows, results, strict=True):
-            if isinstance(result, PublishError) and row.event_type in self._broadcasts:
+            if self._unrouted_broadcast(row, result):
                 metrics.UNROUTED.labels(row.event_type).inc()  # nobody subscribed: that is fine
                 confirmed.append(row)
             elif isinstance(result, BaseException):
@@ -294,6 +307,9 @@ class Relay:
             else:
                 confirmed.append(row)
         return confirmed
+
+    def _unrouted_broadcast(self, row: OutboxRow, result: object) -> bool:
+        return isinstance(result, PublishError) and row.event_type in self._broadcasts
 
 
 # table -> the timestamp after which its rows may go (outbox rows only once published)

@@ -154,6 +154,18 @@ class Messaging:
     def broker_connected(self) -> bool:
         return self.connection is not None and not self.connection.is_closed
 
+    async def broker_blocks_publishing(self) -> bool:
+        """The broker has blocked this connection (`connection.blocked`: a memory or disk alarm
+        somewhere in the cluster): publishes, and so the relay, wait until the alarm clears."""
+        transport = self.connection.transport if self.connection is not None else None
+        if transport is None or not self.broker_connected():
+            return False
+        try:  # aiormq's `ready()` returns at once unless the connection is blocked
+            await asyncio.wait_for(transport.ready(), 0.05)
+        except TimeoutError:
+            return True
+        return False
+
     async def outbox_backlog(self) -> tuple[int, float]:
         """How many rows wait for the relay, and the age in seconds of the oldest."""
         async with self.sessionmaker() as session:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,10 @@ from sqlalchemy.orm import Session, SessionTransaction
 from contracts import Event, encode, event_name
 from outbox import transaction
 from outbox.tables import OutboxMessage
+
+# child_traceparent is re-exported: tests and the benchmark make traceparents with it from here.
+from outbox.tracing import child_traceparent as child_traceparent
+from outbox.tracing import traceparent_for
 from outbox.transaction import BulkInsert
 
 _HAND_OVER = "outbox.hand_over"
@@ -121,8 +124,9 @@ def add(session: AsyncSession, event: Event) -> None:
     """Stage `event` in the session's transaction; it is published only if that transaction commits.
 
     Its outbox row is inserted as the transaction commits, with every other event it staged, in one
-    statement (see docs/performance.md). The outgoing message inherits the trace of the message
-    being handled, if any, and records it as its cause. Staging an event the service does not
+    statement (see docs/performance.md). The outgoing message records the message being handled,
+    if any, as its cause, and the current span (the handler's delivery, or the HTTP request) as
+    its trace context (`outbox.tracing.traceparent_for`). Staging an event the service does not
     declare in its manifest is a bug.
     """
     emits = session.info.get(_EMITS)
@@ -136,17 +140,7 @@ def add(session: AsyncSession, event: Event) -> None:
             order_id=event.order_id,
             payload=encode(event),
             causation_id=cause.message_id if cause else None,
-            traceparent=child_traceparent(cause.traceparent if cause else None),
+            traceparent=traceparent_for(cause.traceparent if cause else None),
             created_at=datetime.now(UTC),
         )
     )
-
-
-def child_traceparent(parent: str | None) -> str:
-    """A W3C traceparent for a new span: in the parent's trace if there is a valid one, else a new trace."""
-    trace_id = None
-    if parent:
-        parts = parent.split("-")
-        if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-            trace_id = parts[1]
-    return f"00-{trace_id or secrets.token_hex(16)}-{secrets.token_hex(8)}-01"

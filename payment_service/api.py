@@ -14,28 +14,22 @@ import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ClientException, NotFoundException
-from litestar.params import FromPath, JSONBody, PathParameter, QueryParameter
+from litestar.params import FromPath, JSONBody
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from payment_service.models import Account, Deposit, Payment
-from web import IdempotencyKeyHeader, remember, replay, request_hash
+from payment_service import handlers
+from payment_service.models import Account, AccountExists, Deposit, Payment
+from web import IdempotencyKeyHeader, Principal, remember, replay, request_hash
+from web.params import DEFAULT_PAGE, Limit, Name, NameInPath, Offset, SomeCustomerId
 
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-# Litestar applies `PathParameter` and `QueryParameter` constraints; it ignores `msgspec.Meta` on
-# parameters, and PostgreSQL refuses the NUL byte an unchecked one lets through (a 500, not a 400).
-CustomerId = Annotated[
-    str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-]
-SomeCustomerId = Annotated[
-    str | None, QueryParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-]
 #: Largest amount one request may move: far above any real payment, far below bigint overflow.
 MAX_CENTS = 10**12
 
 
 class OpenAccount(msgspec.Struct, forbid_unknown_fields=True):
-    customer_id: Name
+    #: The caller's own id if left out; another customer's only with an operator's token.
+    customer_id: Name | None = None
     balance_cents: Annotated[int, msgspec.Meta(ge=0, le=MAX_CENTS)] = 0
 
 
@@ -94,15 +88,17 @@ class AccountController(Controller):
 
     @post("/", status_code=201)
     async def open_account(
-        self, data: JSONBody[OpenAccount], session: NamedDependency[AsyncSession]
+        self,
+        data: JSONBody[OpenAccount],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> Response[AccountOut]:
         """Open an account (409 if it exists); the opening balance is recorded as a deposit."""
-        if await session.get(Account, data.customer_id) is not None:
-            raise ClientException(status_code=409, detail=f"account {data.customer_id} exists")
-        account = Account.open(data.customer_id)
-        session.add(account)
-        if data.balance_cents > 0:
-            session.add(account.deposit(data.balance_cents))
+        customer_id = principal.act_for(data.customer_id)
+        try:
+            account = await handlers.open_account(session, customer_id, data.balance_cents)
+        except AccountExists as exc:
+            raise ClientException(status_code=409, detail=str(exc)) from exc
         return Response(
             AccountOut.of(account),
             status_code=201,
@@ -113,18 +109,23 @@ class AccountController(Controller):
     async def list_accounts(
         self,
         session: NamedDependency[AsyncSession],
-        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        principal: NamedDependency[Principal],
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[AccountOut]:
-        """Every account, by customer id, a page at a time (for audits)."""
+        """Every account, by customer id, a page at a time (for audits, by operators)."""
+        principal.require_admin()
         query = select(Account).order_by(Account.customer_id).limit(limit).offset(offset)
         return [AccountOut.of(account) for account in await session.scalars(query)]
 
     @get("/{customer_id:str}")
     async def get_account(
-        self, customer_id: CustomerId, session: NamedDependency[AsyncSession]
+        self,
+        customer_id: NameInPath,
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> AccountOut:
-        account = await session.get(Account, customer_id)
+        account = await session.get(Account, customer_id) if principal.owns(customer_id) else None
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
         return AccountOut.of(account)
@@ -132,22 +133,23 @@ class AccountController(Controller):
     @post("/{customer_id:str}/deposits", status_code=201)
     async def deposit(
         self,
-        customer_id: CustomerId,
+        customer_id: NameInPath,
         data: JSONBody[MakeDeposit],
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[AccountOut] | Response[bytes]:
-        """Pay money in; answers the account with its new balance."""
+        """Pay money in (into another's account, as an operator); answers the new balance."""
+        principal.act_for(customer_id)
         body_hash = request_hash(data)
         scope = f"deposits:{customer_id}"
         if idempotency_key is not None:
             previous = await replay(session, scope, idempotency_key, body_hash)
             if previous is not None:
                 return previous
-        account = await session.get(Account, customer_id, with_for_update=True)
+        account = await handlers.deposit(session, customer_id, data.amount_cents)
         if account is None:
             raise NotFoundException(f"no account {customer_id}")
-        session.add(account.deposit(data.amount_cents))
         body = AccountOut.of(account)
         if idempotency_key is not None:
             remember(session, scope, idempotency_key, body_hash, 201, body)
@@ -162,11 +164,13 @@ class DepositController(Controller):
     async def list_deposits(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[DepositOut]:
-        """Deposits, oldest first; of one customer with `customer_id`."""
+        """Deposits, oldest first: the caller's own; an operator's, everyone's or one customer's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Deposit)
             .order_by(Deposit.created_at, Deposit.deposit_id)
@@ -184,11 +188,14 @@ class PaymentController(Controller):
 
     @get("/{order_id:uuid}")
     async def get_payment(
-        self, order_id: FromPath[uuid.UUID], session: NamedDependency[AsyncSession]
+        self,
+        order_id: FromPath[uuid.UUID],
+        session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
     ) -> PaymentOut:
         """What was done about an order's payment; `payment_id` is null unless it was charged."""
         payment = await session.get(Payment, order_id)
-        if payment is None:
+        if payment is None or not principal.owns(payment.customer_id):
             raise NotFoundException(f"no payment for order {order_id}")
         return PaymentOut.of(payment)
 
@@ -196,11 +203,13 @@ class PaymentController(Controller):
     async def list_payments(
         self,
         session: NamedDependency[AsyncSession],
+        principal: NamedDependency[Principal],
         customer_id: SomeCustomerId = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
-        offset: Annotated[int, QueryParameter(ge=0, le=10**9)] = 0,
+        limit: Limit = DEFAULT_PAGE,
+        offset: Offset = 0,
     ) -> list[PaymentOut]:
-        """Payments, oldest first; of one customer with `customer_id`."""
+        """Payments, oldest first: the caller's own; an operator's, everyone's or one customer's."""
+        customer_id = principal.listing(customer_id)
         query = (
             select(Payment)
             .order_by(Payment.created_at, Payment.order_id)

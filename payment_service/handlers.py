@@ -1,4 +1,5 @@
-"""What payment_service does when an event arrives: charge a reserved order, refund a cancelled one.
+"""What payment_service does when an event arrives (charge a reserved order, refund a cancelled
+one) and when a customer opens an account or pays money in.
 
 Handlers take the payments and accounts their transaction loaded and locked (`Ledger`: the
 orders' payments, then their customers' accounts, so that a balance is never read stale), change
@@ -11,6 +12,8 @@ rather than both inserting one.
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from contracts import (
     OrderCancelled,
     PaymentFailed,
@@ -20,8 +23,29 @@ from contracts import (
     StockReserved,
 )
 from outbox import PoisonMessage
-from payment_service.models import ORDER_CANCELLED, Payment
+from payment_service.models import ORDER_CANCELLED, Account, AccountExists, Payment
 from payment_service.store import Ledger
+
+
+async def open_account(session: AsyncSession, customer_id: str, balance_cents: int) -> Account:
+    """A new account (`AccountExists` if there is one); the opening balance is its first deposit.
+    Of two requests opening one account, the second's insert fails: a 409 too."""
+    if await session.get(Account, customer_id) is not None:
+        raise AccountExists(customer_id)
+    account = Account.open(customer_id)
+    session.add(account)
+    if balance_cents > 0:
+        session.add(account.deposit(balance_cents))
+    return account
+
+
+async def deposit(session: AsyncSession, customer_id: str, amount_cents: int) -> Account | None:
+    """Pay money into the account, locked so that a charge never reads its balance stale; None if
+    there is no such account."""
+    account = await session.get(Account, customer_id, with_for_update=True)
+    if account is not None:
+        session.add(account.deposit(amount_cents))
+    return account
 
 
 def charge_payment(ledger: Ledger, event: StockReserved) -> None:

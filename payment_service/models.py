@@ -16,6 +16,8 @@ from sqlalchemy import BigInteger, CheckConstraint, DateTime, ForeignKey, Index,
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from contracts import PaymentFailReason
+
 
 class Base(DeclarativeBase):
     pass
@@ -28,11 +30,18 @@ class Status(StrEnum):
 
 
 #: Reason of a payment refused because its order was cancelled before it was charged.
-ORDER_CANCELLED: Final = "order_cancelled"
+ORDER_CANCELLED: Final[PaymentFailReason] = "order_cancelled"
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class AccountExists(Exception):
+    """A customer has one account."""
+
+    def __init__(self, customer_id: str) -> None:
+        super().__init__(f"account {customer_id} exists")
 
 
 class Account(Base):
@@ -118,7 +127,7 @@ class Payment(Base):
 
     @classmethod
     def failed(
-        cls, order_id: uuid.UUID, customer_id: str, amount_cents: int, reason: str
+        cls, order_id: uuid.UUID, customer_id: str, amount_cents: int, reason: PaymentFailReason
     ) -> Payment:
         return cls._new(order_id, customer_id, Status.FAILED, amount_cents, reason, answered=True)
 

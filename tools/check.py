@@ -30,6 +30,7 @@ from harness.rabbitmq import ManagementApi
 from harness.wait import poll
 from outbox.parsing import PoisonMessage, parse_event
 from tools.client import Urls
+from tools.tokens import Tokens
 
 DEFAULT_RABBITMQ_API = "http://guest:guest@127.0.0.1:15672"
 #: Rows per request when listing; the services accept at most 1000.
@@ -101,17 +102,18 @@ def check(
     *,
     baseline: dict[str, int] | None = None,
     wait: float = 0.0,
+    tokens: Tokens | None = None,
 ) -> Report:
     """Check docs/spec.md §7 items 2-6 over the running system; with `wait`, re-check until clean or that
     many seconds have passed, and return the last report.
 
     `baseline` (sku → units received so far, as `snapshot` returns it; for a new sku, the on_hand it
     was stocked with) adds the conservation of stock: on_hand + units sold == baseline. Add any
-    restock made since to the baseline.
+    restock made since to the baseline. It reads as an operator, with a token of `tokens`.
     """
     urls = urls or Urls()
     return poll(
-        lambda: _check_once(urls, rabbitmq_api, vhost, baseline),
+        lambda: _check_once(urls, rabbitmq_api, vhost, baseline, tokens),
         until=lambda report: report.ok,
         retry_on=Unreachable,
         timeout=wait,
@@ -119,10 +121,10 @@ def check(
     )
 
 
-def snapshot(urls: Urls | None = None) -> dict[str, int]:
+def snapshot(urls: Urls | None = None, tokens: Tokens | None = None) -> dict[str, int]:
     """Per sku, the units the shop has received so far: on_hand plus units sold (a baseline)."""
     urls = urls or Urls()
-    with httpx.Client(timeout=30) as http:
+    with _client(tokens) as http:
         products = _get(http, f"{urls.inventory}/products")
         reservations = _pages(http, f"{urls.inventory}/reservations")
     sold = _units(reservations, "committed")
@@ -132,10 +134,18 @@ def snapshot(urls: Urls | None = None) -> dict[str, int]:
 # --- reading ---------------------------------------------------------------------------------
 
 
+def _client(tokens: Tokens | None) -> httpx.Client:
+    return httpx.Client(timeout=30, auth=tokens.auth() if tokens else None)
+
+
 def _check_once(
-    urls: Urls, rabbitmq_api: str, vhost: str, baseline: dict[str, int] | None
+    urls: Urls,
+    rabbitmq_api: str,
+    vhost: str,
+    baseline: dict[str, int] | None,
+    tokens: Tokens | None,
 ) -> Report:
-    state = _read(urls, ManagementApi(rabbitmq_api), vhost)
+    state = _read(urls, ManagementApi(rabbitmq_api), vhost, tokens)
     report = Report(
         counts={
             "orders": len(state.orders),
@@ -159,8 +169,8 @@ def _check_once(
     return report
 
 
-def _read(urls: Urls, api: ManagementApi, vhost: str) -> State:
-    with httpx.Client(timeout=30) as http, ThreadPoolExecutor(8) as pool:
+def _read(urls: Urls, api: ManagementApi, vhost: str, tokens: Tokens | None) -> State:
+    with _client(tokens) as http, ThreadPoolExecutor(8) as pool:
         get = {
             "orders": lambda: _pages(http, f"{urls.order}/orders"),
             "reservations": lambda: _pages(http, f"{urls.inventory}/reservations"),
@@ -526,16 +536,24 @@ def main() -> None:
     )
     args = parser.parse_args()
     urls = Urls(args.order_url, args.inventory_url, args.payment_url, args.notification_url)
+    tokens = Tokens.from_env()
     console = Console()
     try:
         if args.snapshot:
-            received = snapshot(urls)
+            received = snapshot(urls, tokens)
             args.snapshot.write_text(json.dumps(received, indent=2, sort_keys=True))
             console.print(f"stock baseline of {len(received)} skus written to {args.snapshot}")
             return
         baseline = json.loads(args.baseline.read_text()) if args.baseline else None
         with console.status("checking…"):
-            report = check(urls, args.rabbitmq_api, args.vhost, baseline=baseline, wait=args.wait)
+            report = check(
+                urls,
+                args.rabbitmq_api,
+                args.vhost,
+                baseline=baseline,
+                wait=args.wait,
+                tokens=tokens,
+            )
     except Unreachable as exc:
         console.print(f"[red]cannot check[/]: {exc}")
         sys.exit(2)

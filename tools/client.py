@@ -1,4 +1,8 @@
-"""A thin HTTP client for the four services, used by the demo, the checker, the benchmark and tests."""
+"""A thin HTTP client for the four services, used by the demo, the checker, the benchmark and tests.
+
+With `tokens`, it acts as a user's client would: as the customer when it places an order, opens
+an account or pays money in, and as an operator (scope admin) for the rest.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import httpx
 
 from harness.wait import poll
+from tools.tokens import Tokens
 
 TERMINAL = ("completed", "cancelled")
 
@@ -24,9 +29,16 @@ class Urls:
 class Shop:
     """Place orders, stock products, fund accounts and read everything back, over HTTP."""
 
-    def __init__(self, urls: Urls | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, urls: Urls | None = None, timeout: float = 10.0, tokens: Tokens | None = None
+    ) -> None:
         self.urls = urls or Urls()
-        self.http = httpx.Client(timeout=timeout)
+        self.tokens = tokens
+        self.http = httpx.Client(timeout=timeout, auth=tokens.auth() if tokens else None)
+
+    def as_customer(self, customer_id: str) -> Any:
+        """`auth=` of a request the customer makes itself."""
+        return self.tokens.auth(customer_id) if self.tokens else httpx.USE_CLIENT_DEFAULT
 
     def close(self) -> None:
         self.http.close()
@@ -70,6 +82,7 @@ class Shop:
         response = self.http.post(
             f"{self.urls.payment}/accounts",
             json={"customer_id": customer_id, "balance_cents": balance_cents},
+            auth=self.as_customer(customer_id),
         )
         response.raise_for_status()
         return response.json()
@@ -81,6 +94,7 @@ class Shop:
             f"{self.urls.payment}/accounts/{customer_id}/deposits",
             json={"amount_cents": amount_cents},
             headers={"Idempotency-Key": key} if key else None,
+            auth=self.as_customer(customer_id),
         )
         response.raise_for_status()
         return response.json()
@@ -115,6 +129,7 @@ class Shop:
                 "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items],
             },
             headers={"Idempotency-Key": key} if key else None,
+            auth=self.as_customer(customer_id),
         )
 
     def order(self, order_id: str) -> dict[str, Any]:

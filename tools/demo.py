@@ -19,6 +19,7 @@ from rich.table import Table
 from tools import check, services, trace
 from tools.client import Shop
 from tools.scenarios import ORDER_TIMEOUT_S, SCENARIOS, Demo, DemoTimeout
+from tools.tokens import Tokens
 
 console = trace.console()
 
@@ -26,7 +27,7 @@ console = trace.console()
 def play(names: list[str]) -> list[tuple[str, bool, float, str]]:
     """Play the scenarios in turn; returns (name, ended as expected, seconds, note) for each."""
     results = []
-    with Shop() as shop:
+    with Shop(tokens=Tokens.from_env()) as shop:
         for number, name in enumerate(names, start=1):
             scenario = SCENARIOS[name]
             console.rule(f"[bold]{number}/{len(names)}  {name}[/]: {scenario.title}")
@@ -55,7 +56,7 @@ def invariants() -> bool:
     console.rule("[bold]invariants[/]: docs/spec.md §7, checked over the whole system")
     try:
         with console.status("checking…"):
-            report = check.check(wait=30)
+            report = check.check(wait=30, tokens=Tokens.from_env())
     except check.Unreachable as exc:
         console.print(f"[red]cannot check[/]: {exc}")
         return False

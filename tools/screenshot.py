@@ -31,6 +31,7 @@ from harness.wait import eventually_sync
 from tools.client import Shop, unique
 from tools.prometheus import BROKER, running_services
 from tools.provision import RABBITMQ_VHOST
+from tools.tokens import Tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = [
@@ -56,7 +57,7 @@ GRAPH_RANGE = "5m"
 def keep_ordering(stop: threading.Event) -> None:
     """Orders placed in a loop, so that the pages show messages moving: most complete, one in
     five asks for what is out of stock, one in seven comes from a customer short of money."""
-    with Shop() as shop:
+    with Shop(tokens=Tokens.from_env()) as shop:
         sku, sold_out = unique("postcard"), unique("poster")
         customer, poor = unique("ursula"), unique("pete")
         shop.stock(sku, on_hand=100_000, price_cents=100, name="A postcard")

@@ -6,9 +6,11 @@ SIGKILL: a crash, for the demo's recovery scenarios).
 `up` provisions each service's own RabbitMQ user and PostgreSQL role and database (`tools.provision`;
 each service runs with those credentials), migrates them (as the services do on start: then the
 operator tools' read-only role can be granted their outbox and inbox), starts only the services not
-already running, and waits until each one is ready. Logs go to `.run/logs/<service>.log`, pids to
-`.run/<service>.pid`. The processes are run by the harness's supervisor
-(`harness.process.ServiceProcess`), as the tests' are, on the fixed ports below.
+already running, and waits until each one is ready. The services verify tokens with the key the
+environment names (`AUTH_SECRET`, `AUTH_PUBLIC_KEY`, `AUTH_JWKS_URL`), else with a local secret
+made once and kept in `.run/auth_secret`, which `make token` and the tools mint with. Logs go to
+`.run/logs/<service>.log`, pids to `.run/<service>.pid`. The processes are run by the harness's
+supervisor (`harness.process.ServiceProcess`), as the tests' are, on the fixed ports below.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from harness.process import NotReady, ServiceProcess
 from tools.provision import provision, service_env
+from tools.tokens import service_auth_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
@@ -40,7 +43,13 @@ def process(service: str) -> ServiceProcess:
     return ServiceProcess(
         service,
         port,
-        {**os.environ, **service_env(service), "PORT": str(port), "PYTHONUNBUFFERED": "1"},
+        {
+            **os.environ,
+            **service_env(service),
+            **service_auth_env(),
+            "PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+        },
         LOGS / f"{service}.log",
         pid_file=RUN / f"{service}.pid",
     )

@@ -4,17 +4,25 @@ Each service keeps, for the retention window (`RETENTION_S`, 7 days by default),
 emitted (outbox: committed at `created_at`, published at `published_at`) and the messages it
 handled (inbox: one row per queue and message id, `handled_at`). Joined on the event id they tell
 who emitted what, who consumed it, and when, in ms since the order was placed.
+
+`--format mermaid` prints the same saga as a Mermaid sequence diagram (who told whom what, in
+order; failures and compensations dashed), to paste into an issue or a pull request. `--format
+spans` prints the saga's OpenTelemetry trace as a tree, read from the OTLP JSON files the services
+write when started with `TRACES_DIR` (`make up TRACES=1`: `.run/traces/`), no collector needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 from rich import box
@@ -237,6 +245,142 @@ def render(timeline: Timeline, title: str | None = None, *, legend: bool = True)
     return table
 
 
+# --- the saga as a Mermaid sequence diagram ----------------------------------------------------
+
+#: Drawn dashed: what goes wrong, and what undoes it.
+FAILURES_AND_COMPENSATIONS = frozenset(
+    {"StockFailed", "PaymentFailed", "OrderCancelled", "StockReleased", "PaymentRefunded"}
+)
+
+
+def mermaid(timeline: Timeline) -> str:
+    """The saga as a Mermaid sequence diagram: one arrow per event and consumer, in the order the
+    events happened, numbered as in the table; a failure or a compensation dashed, a consumer that
+    has not handled its event yet marked waiting, an event with no cause (a request, the order's
+    deadline) as a note or the customer's arrow."""
+    lines = ["sequenceDiagram", "    participant customer"]
+    lines += [f"    participant {_participant(service)} as {service}" for service in SERVICES]
+    for number, hop in enumerate(timeline.hops, start=1):
+        sender = _participant(hop.emitted_by)
+        label = f"#{number} {hop.event_type}"
+        if hop.causation_id is None:
+            if hop.event_type == "OrderCreated":
+                lines.append(f"    customer->>{sender}: places the order")
+            else:
+                lines.append(f"    Note over {sender}: a request or the deadline")
+        arrow = "-->>" if hop.event_type in FAILURES_AND_COMPENSATIONS else "->>"
+        receivers = [(h.service, "") for h in hop.handled]
+        receivers += [(q.split(".", 1)[0], " (waiting)") for q in hop.waiting_for]
+        if not receivers:
+            lines.append(f"    Note over {sender}: {label} (nobody listens)")
+        for service, waiting in receivers:
+            lines.append(f"    {sender}{arrow}{_participant(service)}: {label}{waiting}")
+    return "\n".join(lines) + "\n"
+
+
+def _participant(service: str | None) -> str:
+    return "unknown" if service is None else service.removesuffix("_service")
+
+
+# --- the saga's spans, from the OTLP JSON files ------------------------------------------------
+
+#: OTLP's span kinds.
+KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+@dataclass
+class SpanRecord:
+    """One span as an OTLP JSON file holds it."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str
+    name: str
+    kind: str
+    service: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    error: bool = False
+
+    @property
+    def ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+
+def _value(typed: Mapping[str, Any]) -> Any:
+    for kind in ("stringValue", "boolValue", "doubleValue"):
+        if kind in typed:
+            return typed[kind]
+    if "intValue" in typed:
+        return int(typed["intValue"])
+    return None
+
+
+def read_spans(paths: Iterable[Path]) -> list[SpanRecord]:
+    """Every span in these OTLP JSON lines files (the services' `TRACES_DIR/*.jsonl`)."""
+    spans = []
+    for path in paths:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            for resource_spans in json.loads(line).get("resourceSpans", []):
+                resource = {
+                    a["key"]: _value(a["value"])
+                    for a in resource_spans.get("resource", {}).get("attributes", [])
+                }
+                for scope_spans in resource_spans.get("scopeSpans", []):
+                    for span in scope_spans.get("spans", []):
+                        spans.append(
+                            SpanRecord(
+                                trace_id=span["traceId"],
+                                span_id=span["spanId"],
+                                parent_id=span.get("parentSpanId", ""),
+                                name=span["name"],
+                                kind=KINDS.get(span.get("kind", 1), "internal"),
+                                service=str(resource.get("service.name", "?")),
+                                start_ns=int(span["startTimeUnixNano"]),
+                                end_ns=int(span["endTimeUnixNano"]),
+                                attributes={
+                                    a["key"]: _value(a["value"]) for a in span.get("attributes", [])
+                                },
+                                error=span.get("status", {}).get("code") == 2,
+                            )
+                        )
+    return spans
+
+
+def saga_spans(order_id: uuid.UUID | str, spans: Iterable[SpanRecord]) -> list[SpanRecord]:
+    """The spans of the trace(s) in which this order's saga ran, in the order they started."""
+    spans = list(spans)
+    traces = {s.trace_id for s in spans if s.attributes.get("saga.order_id") == str(order_id)}
+    return sorted((s for s in spans if s.trace_id in traces), key=lambda s: s.start_ns)
+
+
+def span_tree(spans: list[SpanRecord]) -> list[str]:
+    """The spans as an indented tree, children under their parent, each with its service,
+    when it started (ms after the first) and how long it took."""
+    known = {s.span_id for s in spans}
+    children: dict[str, list[SpanRecord]] = {}
+    for span in spans:
+        children.setdefault(span.parent_id if span.parent_id in known else "", []).append(span)
+    start = min((s.start_ns for s in spans), default=0)
+    lines: list[str] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for span in children.get(parent, []):
+            duplicate = " [duplicate]" if span.attributes.get("saga.inbox.duplicate") else ""
+            error = " [error]" if span.error else ""
+            lines.append(
+                f"{(span.start_ns - start) / 1e6:9.1f} ms {'  ' * depth}{span.name}"
+                f" ({span.service}, {span.ms:.1f} ms){duplicate}{error}"
+            )
+            walk(span.span_id, depth + 1)
+
+    walk("", 0)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m tools.trace", description="Print one saga's timeline, hop by hop."
@@ -249,7 +393,29 @@ def main() -> None:
             metavar="URL",
             help=f"default: ${service.upper()}_DATABASE_URL, else the local one as saga_reader",
         )
+    parser.add_argument(
+        "--format",
+        choices=["table", "mermaid", "spans"],
+        default="table",
+        help="table (default), a Mermaid sequence diagram, or the trace's spans from --traces",
+    )
+    parser.add_argument(
+        "--traces",
+        type=Path,
+        default=Path(".run/traces"),
+        metavar="DIR",
+        help="where the services wrote their spans (TRACES_DIR): for --format spans",
+    )
     args = parser.parse_args()
+    if args.format == "spans":
+        spans = saga_spans(args.order_id, read_spans(sorted(args.traces.glob("*.jsonl"))))
+        if not spans:
+            sys.exit(
+                f"no spans of order {args.order_id} in {args.traces}/*.jsonl"
+                " (were the services started with TRACES_DIR, e.g. make up TRACES=1?)"
+            )
+        print("\n".join(span_tree(spans)))
+        return
     urls = {**database_urls(), **{s: getattr(args, s) for s in SERVICES if getattr(args, s)}}
     out = console()
     timeline = read_timeline(args.order_id, urls)
@@ -260,6 +426,9 @@ def main() -> None:
             f"no events for order {args.order_id} in any outbox or inbox"
             " (unknown order, or older than the retention window RETENTION_S)"
         )
+    if args.format == "mermaid":
+        print(mermaid(timeline), end="")
+        return
     out.print(render(timeline))
     if not timeline.settled:
         out.print("[yellow]some events are still in flight: run it again to see them land[/]")

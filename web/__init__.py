@@ -12,10 +12,12 @@ from web.app import (
     replay,
     request_hash,
 )
+from web.auth import Principal
 from web.settings import ServiceSettings
 
 __all__ = [
     "IdempotencyKeyHeader",
+    "Principal",
     "ServiceSettings",
     "create_service_app",
     "remember",

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 import psycopg
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import ClientException, HTTPException, ValidationException
@@ -30,7 +30,7 @@ from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.tables import IdempotencyKey
 from outbox.unit import begin
-from web import migrations
+from web import auth, migrations, tracing
 from web.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,14 @@ async def ready(
     if not messaging.broker_connected():
         failed["broker"] = "not connected"
     if "database" not in failed and "broker" not in failed:
+        if await messaging.broker_blocks_publishing():
+            failed["relay"] = (
+                "waiting: the broker blocks publishers (a memory or disk alarm);"
+                " events stay in the outbox until it clears"
+            )
         try:
             _, oldest = await asyncio.wait_for(messaging.outbox_backlog(), timeout)
-            if oldest > messaging.settings.relay_stuck_after_s:
+            if oldest > messaging.settings.relay_stuck_after_s and "relay" not in failed:
                 failed["relay"] = f"oldest unpublished event is {oldest:.0f}s old"
         except Exception as exc:
             failed["relay"] = f"backlog unreadable: {exc}"
@@ -105,6 +110,11 @@ def _database_unavailable(
     return Response(
         {"status_code": 503, "detail": "database unavailable, try again"}, status_code=503
     )
+
+
+async def _before_request(request: Request[Any, Any, Any]) -> None:
+    tracing.name_span(request)
+    await _json_bodies_only(request)
 
 
 async def _json_bodies_only(request: Request[Any, Any, Any]) -> None:
@@ -211,13 +221,26 @@ def create_service_app(
                     await task
             await messaging.stop()
 
+    # The service's own routes need a token (web.auth); health, metrics and OpenAPI stay open.
+    authenticate, principal = auth.guard(settings)
+    api = Router(
+        path="/",
+        route_handlers=list(route_handlers),
+        middleware=[authenticate],
+        dependencies=principal,
+        security=auth.SECURITY,
+    )
     return Litestar(
-        route_handlers=[health, ready, metrics_endpoint, *route_handlers],
+        route_handlers=[health, ready, metrics_endpoint, api],
         dependencies={"session": Provide(provide_transaction)},
         state=State({"messaging": messaging, "settings": settings}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(
-            title=title, version="1.0.0", path="/schema", render_plugins=[SwaggerRenderPlugin()]
+            title=title,
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=auth.COMPONENTS,
         ),
         exception_handlers={
             # Only a database out of reach is "unavailable, try again". Any other database error
@@ -232,8 +255,9 @@ def create_service_app(
             RecursionError: _too_deeply_nested,
             Exception: _internal_error,
         },
+        plugins=tracing.plugins(),  # a span per request, when tracing is on
         request_max_body_size=settings.max_body_bytes,
-        before_request=_json_bodies_only,
+        before_request=_before_request,
         logging_config=None,  # keep the process's JSON logging (web.server)
         debug=False,
     )

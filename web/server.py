@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar
 
-from web import migrations
+from web import migrations, tracing
 from web.settings import ServiceSettings
 
 
@@ -51,6 +51,7 @@ def main(settings: ServiceSettings, create_app: Callable[[Any], Litestar]) -> No
     if args.command == "migrate":
         migrations.upgrade(settings.service, settings.database_url)
         return
+    tracing.configure(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

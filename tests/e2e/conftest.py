@@ -39,5 +39,5 @@ def shop(system: System) -> Iterator[Shop]:
             service.start()
     for service in system.services.values():
         service.wait_ready()
-    with Shop(system.urls, timeout=30) as client:
+    with Shop(system.urls, timeout=30, tokens=system.tokens) as client:
         yield client

@@ -19,7 +19,7 @@ SETTLE_S = 60.0
 
 
 def checked(system, **options) -> Report:
-    return check(system.urls, system.vhost.api, system.vhost.name, **options)
+    return check(system.urls, system.vhost.api, system.vhost.name, tokens=system.tokens, **options)
 
 
 @contextlib.contextmanager
@@ -36,7 +36,7 @@ def database_of(system, service):
 def history(system):
     """A mix of orders, all ended: completed, out of stock, unknown product, short of money, no
     account, cancelled after completion. Returns the stock baseline taken before them."""
-    with Shop(system.urls) as shop:
+    with Shop(system.urls, tokens=system.tokens) as shop:
         book, lamp = unique("book"), unique("lamp")
         shop.stock(book, on_hand=10, price_cents=1500)
         shop.stock(lamp, on_hand=2, price_cents=4000)
@@ -44,7 +44,7 @@ def history(system):
         shop.open_account(rich, balance_cents=20_000)
         shop.open_account(poor, balance_cents=1000)
         shop.deposit(poor, 500)
-        baseline = snapshot(system.urls)
+        baseline = snapshot(system.urls, system.tokens)
 
         orders = [
             (rich, [(book, 2)]),

@@ -36,7 +36,7 @@ def settled_payment(shop, order_id):
 def checked(system) -> Report:
     """The invariant checker over this module's system, once it has come to rest."""
     urls = system.urls
-    report = check(urls, system.vhost.api, system.vhost.name, wait=SETTLE_S)
+    report = check(urls, system.vhost.api, system.vhost.name, wait=SETTLE_S, tokens=system.tokens)
     assert report.ok, report.violations
     return report
 

@@ -102,7 +102,9 @@ def test_a_service_that_dies_at_a_crash_point_recovers_with_exactly_one_effect(s
     order = shop.wait_until_terminal(placed["order_id"], timeout=SETTLE_S)
     assert (order["status"], order["total_cents"]) == ("completed", 1400)
     eventually_sync(lambda: handled(system, seen_by, event, outcome) >= seen_before + 1, SETTLE_S)
-    report = check(system.urls, system.vhost.api, system.vhost.name, wait=SETTLE_S)
+    report = check(
+        system.urls, system.vhost.api, system.vhost.name, wait=SETTLE_S, tokens=system.tokens
+    )
     assert report.ok, report.violations
     assert shop.balance(customer) == 5000 - 1400
     payment = shop.payment(order["order_id"])

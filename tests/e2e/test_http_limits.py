@@ -28,7 +28,7 @@ def test_a_body_over_the_limit_gets_413_over_a_real_socket(system, sent):
     response = httpx.post(
         f"{system.order}/orders",
         content=content,
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **system.tokens.bearer("a")},
         timeout=30,
     )
 

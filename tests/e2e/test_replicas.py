@@ -31,14 +31,14 @@ def replicated(servers, tmp_path_factory) -> Iterator[System]:
 def every_saga_ended_right(load: Load, system: System) -> Report:
     """Once every order the load placed has ended: the load's own account of each, and the
     invariant checker over the whole system, find nothing wrong."""
-    with Shop(system.urls, timeout=30) as shop:
+    with Shop(system.urls, timeout=30, tokens=system.tokens) as shop:
         eventually_sync(
             lambda: all(o["status"] in ("completed", "cancelled") for o in load.orders(shop)),
             timeout=120,
             interval=0.5,
         )
         assert load.verify(shop) == []
-    report = check(system.urls, system.vhost.api, system.vhost.name, wait=60)
+    report = check(system.urls, system.vhost.api, system.vhost.name, wait=60, tokens=system.tokens)
     assert report.violations == []
     return report
 
@@ -47,7 +47,7 @@ def test_two_replicas_of_inventory_and_payment_share_the_work_and_every_guarante
     replicated: System,
 ) -> None:
     urls = replicated.urls
-    load = Load(urls, rate=25, workers=5, cancel_share=0.1, seed=42)
+    load = Load(urls, replicated.tokens, rate=25, workers=5, cancel_share=0.1, seed=42)
     load.prepare()
     load.start()
     try:
@@ -78,7 +78,7 @@ def test_when_one_replica_of_each_is_killed_mid_load_the_other_finishes_every_sa
     replicated: System,
 ) -> None:
     urls = replicated.urls
-    load = Load(urls, rate=25, workers=5, cancel_share=0.1, seed=7)
+    load = Load(urls, replicated.tokens, rate=25, workers=5, cancel_share=0.1, seed=7)
     load.prepare()
     load.start()
     try:

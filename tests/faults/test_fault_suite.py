@@ -8,11 +8,9 @@ start_app, PostgreSQL restart) join in with `SAGA_FAULTS_GLOBAL=1`; see tests/su
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,6 +24,7 @@ from tests.support.faults import (
     RECONNECT_INTERVAL_S,
     BrokerUsers,
     Faults,
+    keep,
 )
 from tests.support.load import Load
 from tools.check import check, snapshot
@@ -61,9 +60,9 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
         ):
             urls = system.urls
             faults = Faults(system, vhost, users, servers.postgres_admin_url, rng)
-            load = Load(urls, rate=RATE, seed=rng.randrange(1_000_000))
+            load = Load(urls, system.tokens, rate=RATE, seed=rng.randrange(1_000_000))
             load.prepare()
-            baseline = snapshot(urls)
+            baseline = snapshot(urls, system.tokens)
 
             load.start()
             try:
@@ -82,8 +81,15 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
                     service.start()
                 service.wait_ready(timeout=90)
             faults.wait_all_consumed()
-            report = check(urls, vhost.api, vhost.name, baseline=baseline, wait=HEAL_S)
-            with Shop(urls, timeout=30) as shop:
+            report = check(
+                urls,
+                vhost.api,
+                vhost.name,
+                baseline=baseline,
+                wait=HEAL_S,
+                tokens=system.tokens,
+            )
+            with Shop(urls, timeout=30, tokens=system.tokens) as shop:
                 problems = load.verify(shop) if report.ok else []
                 outcomes = load.outcomes(shop)
             published, undelivered = audit_deliveries(system.databases)
@@ -140,12 +146,3 @@ def inject(faults: Faults, rng: random.Random) -> None:
         faults.wait_reconnected(SERVICES)
         time.sleep(rng.uniform(1.0, 4.0))
         faults.restart_postgres()
-
-
-def keep(figures: dict, entries: list) -> None:
-    print("fault suite:", json.dumps(figures))
-    for at, kind, detail in entries:
-        print(f"  fault at {at:6.1f}s: {kind} — {detail}")
-    target = os.environ.get("SAGA_FAULTS_REPORT")
-    if target:
-        Path(target).write_text(json.dumps({**figures, "log": entries}, indent=2) + "\n")

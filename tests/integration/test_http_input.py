@@ -1,6 +1,10 @@
 """Bad HTTP input gets a clear 4xx, never a 5xx or a stack trace: schemathesis over each service's
-OpenAPI, a hand-written list of nasty requests, bodies over the limit, and Idempotency-Key rules
-under ten concurrent identical requests.
+OpenAPI, a hand-written list of nasty requests, bodies over the limit, Idempotency-Key rules
+under ten concurrent identical requests, and tokens that must not get in (401) or may not do
+what they ask (403, or 404 for what is another customer's).
+
+Every request carries an operator's token unless it says otherwise, as the apps verify tokens
+(HS256, a secret of this module's).
 
 The four apps run in this process, each in Litestar's test client (its own event loop, in a
 thread) on a fresh database, all on one fresh broker vhost: a saga placed through them completes.
@@ -9,14 +13,17 @@ the async client makes a request block the test's loop, so ten requests could ne
 
 from __future__ import annotations
 
-import contextlib
+import base64
 import json
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import jwt
 import msgspec
 import pytest
 import schemathesis
@@ -25,19 +32,15 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 
-from harness.databases import create_database, drop_database
-from harness.rabbitmq import Vhost
 from harness.servers import Servers
 from harness.wait import eventually_sync
 from inventory_service.app import create_app as inventory_app
-from inventory_service.settings import Settings as InventorySettings
 from notification_service.app import create_app as notification_app
-from notification_service.settings import Settings as NotificationSettings
 from order_service.app import create_app as order_app
-from order_service.settings import Settings as OrderSettings
 from payment_service.app import create_app as payment_app
-from payment_service.settings import Settings as PaymentSettings
+from tests.support.apps import SECRET, TOKENS, running_apps
 from tools.client import TERMINAL, unique
+from tools.tokens import new_secret
 from web import ServiceSettings
 
 #: A deadline far away: the concurrency tests' orders must complete, not time out.
@@ -49,13 +52,6 @@ SCHEMATHESIS_EXAMPLES = 20
 MAX_BODY_BYTES = next(
     f.default for f in msgspec.structs.fields(ServiceSettings) if f.name == "max_body_bytes"
 )
-
-SERVICES: dict[str, tuple[Callable[[Any], Litestar], type[ServiceSettings]]] = {
-    "order": (order_app, OrderSettings),
-    "inventory": (inventory_app, InventorySettings),
-    "payment": (payment_app, PaymentSettings),
-    "notification": (notification_app, NotificationSettings),
-}
 
 JSON = {"content-type": "application/json"}
 ORDER = {"customer_id": "alice", "items": [{"sku": "widget", "quantity": 1}]}
@@ -302,35 +298,8 @@ BAD_REQUESTS = {
 @pytest.fixture(scope="module")
 def apps(servers: Servers) -> Iterator[dict[str, TestClient[Litestar]]]:
     """The four apps, started (migrations, consumers, relay) and ready, shared by the module."""
-    vhost = Vhost.create(servers)
-    databases: list[str] = []
-    try:
-        with contextlib.ExitStack() as running:
-            clients: dict[str, TestClient[Litestar]] = {}
-            for name, (create_app, settings_class) in SERVICES.items():
-                databases.append(create_database(servers.postgres_admin_url, f"{name}_service"))
-                extra = {"order_timeout_s": ORDER_TIMEOUT_S} if name == "order" else {}
-                app = create_app(
-                    settings_class(
-                        database_url=databases[-1],
-                        amqp_url=vhost.amqp_url,
-                        relay_sweep_interval_s=0.2,
-                        # PostgreSQL's 100 connections are shared with whatever else runs.
-                        db_pool_size=5,
-                        **extra,
-                    )
-                )
-                clients[name] = running.enter_context(TestClient(app, timeout=30))
-            for client in clients.values():
-                eventually_sync(
-                    lambda client=client: client.get("/health/ready").status_code == 200,
-                    timeout=30,
-                )
-            yield clients
-    finally:
-        for url in databases:
-            drop_database(servers.postgres_admin_url, url)
-        vhost.delete()
+    with running_apps(servers, order_timeout_s=ORDER_TIMEOUT_S) as clients:
+        yield clients
 
 
 def assert_clear_client_error(response: httpx.Response, status: int) -> None:
@@ -353,15 +322,19 @@ def openapi(create_app: Callable[[], Litestar]) -> schemathesis.BaseSchema:
 def send(client: TestClient[Litestar], case: schemathesis.Case) -> httpx.Response:
     """A schemathesis case sent through an app's test client. Its arguments are those of
     `requests`, translated: a raw body (`data`) is httpx's `content`, and header values go out as
-    latin-1, as `requests` sends them (httpx takes only ASCII text)."""
+    latin-1, as `requests` sends them (httpx takes only ASCII text). It carries an operator's
+    token; bad tokens have their own tests (`BAD_TOKENS`)."""
     kwargs = case.as_transport_kwargs(base_url=str(client.base_url))
     assert not kwargs.pop("cookies", None), "the services read no cookies"
     if "data" in kwargs:
         kwargs["content"] = kwargs.pop("data")
+    # schemathesis fills the bearer scheme with random tokens, which would all stop at the 401:
+    # an operator's token instead, so that every route is fuzzed past authentication.
     kwargs["headers"] = {
         name: value.encode("latin-1") if isinstance(value, str) else value
         for name, value in kwargs["headers"].items()
-    }
+        if name.lower() != "authorization"
+    } | TOKENS.operator()
     return client.request(**kwargs)
 
 
@@ -566,3 +539,276 @@ def test_ten_concurrent_deposits_with_one_idempotency_key_pay_in_once(apps):
     assert balance(apps, customer) == 700
     assert ok(deposit())["balance_cents"] == 700  # a replay
     assert balance(apps, customer) == 700
+
+
+# --- who may call, and what ----------------------------------------------------------------
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """A token with `alg: none`: a header, the claims, and no signature."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": "alice", "iss": "order-saga", "aud": "order-saga", "exp": now + 600, **changes}
+
+
+def signed(values: dict[str, Any], key: str = SECRET) -> str:
+    return jwt.encode(values, key, algorithm="HS256")
+
+
+#: Authorization headers that must not get in: each a 401 with `WWW-Authenticate: Bearer`.
+BAD_TOKENS = {
+    "another scheme": "Basic YWxpY2U6c2VjcmV0",
+    "Bearer and nothing": "Bearer ",
+    "a garbled token": "Bearer not-a-token",
+    "three garbled segments": "Bearer a.b.c",
+    "expired": f"Bearer {signed(claims(exp=int(time.time()) - 120))}",
+    "not yet valid": f"Bearer {signed(claims(nbf=int(time.time()) + 600))}",
+    "no expiry": f"Bearer {signed({k: v for k, v in claims().items() if k != 'exp'})}",
+    "another issuer": f"Bearer {signed(claims(iss='someone-else'))}",
+    "no issuer": f"Bearer {signed({k: v for k, v in claims().items() if k != 'iss'})}",
+    "another audience": f"Bearer {signed(claims(aud='another-shop'))}",
+    "alg none": f"Bearer {unsigned(claims())}",
+    "alg none, operator": f"Bearer {unsigned(claims(scope='admin'))}",
+    "signed with another key": f"Bearer {signed(claims(scope='admin'), new_secret())}",
+    "signed with HS512": f"Bearer {jwt.encode(claims(), SECRET, algorithm='HS512')}",
+    "a tampered claim": "Bearer "
+    + ".".join(
+        [
+            (parts := TOKENS.mint("alice").split("."))[0],
+            base64.urlsafe_b64encode(json.dumps(claims(scope="admin")).encode())
+            .rstrip(b"=")
+            .decode(),
+            parts[2],
+        ]
+    ),
+    "no subject": f"Bearer {signed({k: v for k, v in claims().items() if k != 'sub'})}",
+    "a subject that is no customer id": f"Bearer {signed(claims(sub='a b/../c'))}",
+    "a subject that is a number": f"Bearer {signed(claims(sub=7))}",
+    "a very long header": "Bearer " + "a" * 8000,
+}
+
+#: One guarded route of each service.
+GUARDED = {
+    "order": ("GET", "/orders"),
+    "inventory": ("GET", "/products"),
+    "payment": ("GET", "/accounts/alice"),
+    "notification": ("GET", "/notifications"),
+}
+
+
+def anonymous(
+    client: TestClient[Litestar], method: str, path: str, **kwargs: Any
+) -> httpx.Response:
+    """A request without the operator's token every other request here carries."""
+    token = client.headers.pop("Authorization")
+    try:
+        return client.request(method, path, **kwargs)
+    finally:
+        client.headers["Authorization"] = token
+
+
+def assert_unauthorized(response: httpx.Response) -> None:
+    assert_clear_client_error(response, 401)
+    assert response.headers["www-authenticate"].startswith("Bearer "), response.headers
+
+
+@pytest.mark.parametrize("service", list(GUARDED))
+def test_a_request_without_a_token_gets_401_with_a_bearer_challenge(apps, service):
+    method, path = GUARDED[service]
+
+    response = anonymous(apps[service], method, path)
+
+    assert_unauthorized(response)
+    assert response.headers["www-authenticate"] == 'Bearer realm="order-saga"'
+
+
+@pytest.mark.parametrize("service", list(GUARDED))
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+def test_a_bad_token_gets_401_never_a_server_error(apps, service, case):
+    method, path = GUARDED[service]
+
+    response = apps[service].request(method, path, headers={"Authorization": BAD_TOKENS[case]})
+
+    assert_unauthorized(response)
+    # One well-formed challenge (RFC 6750 §3), whatever the library's message quoted.
+    assert re.fullmatch(
+        r'Bearer realm="order-saga", error="invalid_token", error_description="[ -!#-\[\]-~]+"',
+        response.headers["www-authenticate"],
+    ), response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    ("service", "path"),
+    [
+        ("order", "/health"),
+        ("inventory", "/health/ready"),
+        ("payment", "/metrics"),
+        ("notification", "/schema/openapi.json"),
+    ],
+)
+def test_health_readiness_metrics_and_the_openapi_document_need_no_token(apps, service, path):
+    assert anonymous(apps[service], "GET", path).status_code == 200
+
+
+def test_the_openapi_document_says_every_route_of_the_service_needs_a_bearer_token(apps):
+    document = apps["order"].get("/schema/openapi.json").json()
+    assert document["components"]["securitySchemes"]["BearerToken"]["scheme"] == "bearer"
+    assert document["paths"]["/orders"]["post"]["security"] == [{"BearerToken": []}]
+    assert "security" not in document["paths"]["/health"]["get"]
+
+
+def as_customer(customer: str) -> dict[str, str]:
+    return TOKENS.bearer(customer)
+
+
+@pytest.fixture(scope="module")
+def two_customers(apps) -> dict[str, Any]:
+    """Alice and Bob, each with an account and a completed order; a sku both can buy."""
+    sku = unique("mug")
+    ok(apps["inventory"].put(f"/products/{sku}", json={**PRODUCT, "on_hand": 100}))
+    world: dict[str, Any] = {"sku": sku}
+    for name in ("alice", "bob"):
+        customer = unique(name)
+        ok(
+            apps["payment"].post(
+                "/accounts", json={"balance_cents": 10_000}, headers=as_customer(customer)
+            )
+        )
+        order = ok(
+            apps["order"].post(
+                "/orders",
+                json={"items": [{"sku": sku, "quantity": 1}]},
+                headers=as_customer(customer),
+            )
+        )
+        assert order["customer_id"] == customer, "without customer_id, the order is the caller's"
+        until_terminal(apps["order"], order["order_id"])
+        eventually_sync(
+            lambda order=order: ok(
+                apps["notification"].get("/notifications", params={"order_id": order["order_id"]})
+            ),
+            timeout=30,
+        )
+        world[name] = {"customer": customer, "order": order["order_id"]}
+    return world
+
+
+def test_a_customer_sees_and_cancels_only_its_own_orders_and_another_customers_is_404(
+    apps, two_customers
+):
+    alice, bob = two_customers["alice"], two_customers["bob"]
+    as_bob = as_customer(bob["customer"])
+    theirs = alice["order"]
+
+    for service, path in [
+        ("order", f"/orders/{theirs}"),
+        ("inventory", f"/reservations/{theirs}"),
+        ("payment", f"/payments/{theirs}"),
+        ("payment", f"/accounts/{alice['customer']}"),
+    ]:
+        assert_clear_client_error(apps[service].get(path, headers=as_bob), 404)
+    assert_clear_client_error(apps["order"].post(f"/orders/{theirs}/cancel", headers=as_bob), 404)
+    assert ok(apps["order"].get(f"/orders/{theirs}"))["status"] == "completed", "not cancelled"
+
+    assert ok(apps["order"].get(f"/orders/{bob['order']}", headers=as_bob))["status"] == "completed"
+    assert [o["order_id"] for o in ok(apps["order"].get("/orders", headers=as_bob))] == [
+        bob["order"]
+    ]
+    assert ok(apps["payment"].get(f"/payments/{bob['order']}", headers=as_bob))["status"] == (
+        "succeeded"
+    )
+    assert ok(apps["inventory"].get(f"/reservations/{bob['order']}", headers=as_bob))
+    assert ok(apps["payment"].get(f"/accounts/{bob['customer']}", headers=as_bob))
+    mine = ok(apps["notification"].get("/notifications", headers=as_bob))
+    assert {n["order_id"] for n in mine} == {bob["order"]}
+    theirs_told = apps["notification"].get(
+        "/notifications", params={"order_id": theirs}, headers=as_bob
+    )
+    assert ok(theirs_told) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "sent"),
+    [
+        (
+            "order",
+            "POST",
+            "/orders",
+            {"customer_id": "{alice}", "items": [{"sku": "x", "quantity": 1}]},
+        ),
+        ("order", "GET", "/orders?customer_id={alice}", None),
+        ("payment", "POST", "/accounts", {"customer_id": "{alice}"}),
+        ("payment", "POST", "/accounts/{alice}/deposits", {"amount_cents": 100}),
+        ("payment", "GET", "/payments?customer_id={alice}", None),
+        ("payment", "GET", "/deposits?customer_id={alice}", None),
+        ("notification", "GET", "/notifications?customer_id={alice}", None),
+        ("inventory", "PUT", "/products/{sku}", PRODUCT),
+        ("inventory", "GET", "/reservations", None),
+        ("payment", "GET", "/accounts", None),
+    ],
+)
+def test_what_needs_an_operator_gets_403_with_a_customers_token(
+    apps, two_customers, service, method, path, sent
+):
+    alice = two_customers["alice"]["customer"]
+    fill = {"alice": alice, "sku": two_customers["sku"]}
+    body = json.loads(json.dumps(sent).replace("{alice}", alice)) if sent else None
+    as_bob = as_customer(two_customers["bob"]["customer"])
+
+    response = apps[service].request(method, path.format(**fill), json=body, headers=as_bob)
+
+    assert_clear_client_error(response, 403)
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
+    # and an operator may
+    operator = apps[service].request(method, path.format(**fill), json=body)
+    assert operator.status_code in (200, 201, 409), operator.text[:500]
+
+
+def test_products_are_readable_with_any_customers_token(apps, two_customers):
+    as_bob = as_customer(two_customers["bob"]["customer"])
+    assert ok(apps["inventory"].get(f"/products/{two_customers['sku']}", headers=as_bob))
+    assert ok(apps["inventory"].get("/products", headers=as_bob))
+
+
+def test_a_customer_opens_and_tops_up_its_own_account(apps):
+    carol = unique("carol")
+
+    opened = apps["payment"].post(
+        "/accounts", json={"balance_cents": 500}, headers=as_customer(carol)
+    )
+    topped = apps["payment"].post(
+        f"/accounts/{carol}/deposits", json={"amount_cents": 250}, headers=as_customer(carol)
+    )
+
+    assert (opened.status_code, opened.json()["customer_id"]) == (201, carol)
+    assert (topped.status_code, topped.json()["balance_cents"]) == (201, 750)
+    deposits = ok(apps["payment"].get("/deposits", headers=as_customer(carol)))
+    assert sorted(d["amount_cents"] for d in deposits) == [250, 500]
+
+
+def test_one_idempotency_key_of_two_customers_makes_two_orders(apps, two_customers):
+    """Keys are each customer's own: Bob's key never replays Alice's order to him."""
+    key, sku = unique("key"), two_customers["sku"]
+    order = {"items": [{"sku": sku, "quantity": 1}]}
+    placed = [
+        ok(
+            apps["order"].post(
+                "/orders",
+                json=order,
+                headers={"Idempotency-Key": key, **as_customer(two_customers[name]["customer"])},
+            )
+        )
+        for name in ("alice", "bob")
+    ]
+    assert placed[0]["order_id"] != placed[1]["order_id"]
+    assert [p["customer_id"] for p in placed] == [
+        two_customers["alice"]["customer"],
+        two_customers["bob"]["customer"],
+    ]

@@ -25,8 +25,10 @@ from order_service.app import create_app
 from order_service.settings import Settings as OrderSettings
 from outbox.unit import begin
 from tests.support.broker import Broker
+from tools.tokens import Tokens, new_secret
 from web.server import JsonFormatter
 
+SECRET = new_secret()
 #: Far below the production default (30 s), so that the test sees a stuck relay quickly.
 STUCK_AFTER_S = 1.0
 
@@ -43,8 +45,10 @@ async def order_app(
         relay_stuck_after_s=STUCK_AFTER_S,
         relay_sweep_interval_s=0.2,
         db_pool_size=5,
+        auth_secret=SECRET,
     )
     async with AsyncTestClient(create_app(settings), timeout=30) as client:
+        client.headers.update(Tokens.hs256(SECRET).bearer("alice"))
         await eventually(lambda: _ready(client), timeout=30)
         yield client
 

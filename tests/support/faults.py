@@ -15,6 +15,7 @@ someone else's tests run). The commands can be replaced for other setups with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -24,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -320,3 +322,13 @@ class Faults:
 
 def _run(command: str) -> None:
     subprocess.run(shlex.split(command), check=True, capture_output=True, timeout=120)
+
+
+def keep(figures: dict, entries: list) -> None:
+    """Print a run's figures and faults; write them as JSON to `SAGA_FAULTS_REPORT` if set."""
+    print("fault suite:", json.dumps(figures))
+    for at, kind, detail in entries:
+        print(f"  fault at {at:6.1f}s: {kind} — {detail}")
+    target = os.environ.get("SAGA_FAULTS_REPORT")
+    if target:
+        Path(target).write_text(json.dumps({**figures, "log": entries}, indent=2) + "\n")

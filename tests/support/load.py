@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from tools.client import Shop, Urls, unique
+from tools.tokens import Tokens
 
 COMPLETE, NO_STOCK, NO_MONEY = "complete", "no_stock", "no_money"
 EXPECTED_REASON = {NO_STOCK: "out_of_stock", NO_MONEY: "insufficient_funds"}
@@ -63,6 +64,7 @@ class Load:
     def __init__(
         self,
         urls: Urls,
+        tokens: Tokens | None,
         *,
         rate: float = 4.0,
         workers: int = 4,
@@ -70,6 +72,7 @@ class Load:
         seed: int | None = None,
     ) -> None:
         self.urls = urls
+        self.tokens = tokens
         self.rate = rate
         self.workers = workers
         self.cancel_share = cancel_share
@@ -90,7 +93,7 @@ class Load:
         stock = dict.fromkeys(prices, 1_000_000) | {scarce: 2}
         customers = {unique("rich"): 10**9 for _ in range(rich)}
         customers |= {unique("poor"): 50 for _ in range(poor)}  # less than any price
-        with Shop(self.urls, timeout=30) as shop:
+        with Shop(self.urls, timeout=30, tokens=self.tokens) as shop:
             for sku, on_hand in stock.items():
                 shop.stock(sku, on_hand=on_hand, price_cents=prices.get(sku, 100))
             for customer, balance in customers.items():
@@ -123,7 +126,7 @@ class Load:
 
     def _work(self, rng: random.Random) -> None:
         interval = self.workers / self.rate
-        with Shop(self.urls, timeout=5) as shop:
+        with Shop(self.urls, timeout=5, tokens=self.tokens) as shop:
             while not self._stop.is_set():
                 began = time.monotonic()
                 order = self._plan(rng)

@@ -245,11 +245,11 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
 
     skus = [f"sku-{i:04d}" for i in range(settings.skus)]
     customers = [f"customer-{i:05d}" for i in range(settings.customers)]
-    # Where the services verify Bearer tokens, the system mints them (`harness.system`): an
-    # operator's to seed, each customer's own to place their orders.
-    tokens = getattr(system, "tokens", None)
+    # The services verify Bearer tokens (unless AUTH_DISABLED), and the system mints them
+    # (`harness.system`): an operator's to seed, each customer's own to place their orders.
+    tokens = system.tokens
     task = progress.add_task("seeding products and accounts", total=None)
-    operator = tokens.bearer("operator", admin=True) if tokens else None
+    operator = tokens.operator() if tokens else None
     await seed(system.urls, skus, customers, headers=operator)
     progress.update(task, visible=False)
 
@@ -452,6 +452,7 @@ def check_all(world: System, skus: list[str], placed: int) -> list[str]:
         world.vhost.name,
         baseline={sku: INITIAL_ON_HAND for sku in skus},
         wait=60,
+        tokens=world.tokens,
     )
     violations = [f"{v.guarantee}: {v.subject}: {v.detail}" for v in report.violations]
     if report.counts.get("orders") != placed:
