@@ -118,6 +118,9 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
     assert variant["phase"] in phases
     assert set(variant["cpu_ms_per_saga"]) >= SERVICES
     assert variant["offered"] > 0
+    assert variant["aborted"] is None  # a comparison runs its whole step, pass or fail
+    compared = phases[variant["phase"]]
+    assert compared["sagas"] + sum(compared["errors"].values()) == variant["offered"]
 
     targets = result["targets"]
     assert {

@@ -149,14 +149,19 @@ class Runner:
 
         return await self.measured("idle", {"duration_s": duration}, 0, body)
 
-    async def step(self, name: str, rate: float, duration: float) -> tuple[Phase, dict[str, Any]]:
-        """An open loop judged by `Sustained`, stopped as soon as it cannot pass any more."""
+    async def step(
+        self, name: str, rate: float, duration: float, stop_early: bool = True
+    ) -> tuple[Phase, dict[str, Any]]:
+        """An open loop judged by `Sustained`, stopped as soon as it cannot pass any more (unless
+        not `stop_early`: a comparison phase runs its whole duration, for its rate and CPU)."""
         offered = int(rate * duration)
         in_flight = int(max(50, rate))
 
         async def body(phase: Phase, advance: Callable[[], None]) -> None:
             stop = asyncio.Event()
-            watcher = asyncio.create_task(watch(phase, self.sustained, offered, stop))
+            watcher = asyncio.create_task(
+                watch(phase, self.sustained, offered, stop) if stop_early else stop.wait()
+            )
             try:
                 await open_loop(self.load, phase, rate, duration, in_flight, advance, stop)
             finally:
@@ -214,7 +219,7 @@ class Runner:
         try:
             # Fresh processes: their pools and caches warmed as the default's were.
             await self.open_loop(f"variant {variant.name} warmup", 50, 3)
-            phase, verdict = await self.step(f"variant {variant.name}", rate, duration)
+            phase, verdict = await self.step(f"variant {variant.name}", rate, duration, False)
         finally:
             self.load.headers = headers
             await asyncio.to_thread(restart, self.system, defaults)
