@@ -45,7 +45,9 @@ def test_an_orders_spans_in_the_services_files_are_one_trace_across_the_four(sho
     def whole_saga() -> list | None:
         spans = saga_spans(order_id, read_spans(sorted(traces.glob("*.jsonl"))))
         consumers = {s.service for s in spans if s.kind == "consumer"}
-        return spans if consumers == SERVICES else None
+        # A span is written when it ends: a parent may come after its children.
+        ended = {s.span_id for s in spans} >= {s.parent_id for s in spans if s.parent_id}
+        return spans if consumers == SERVICES and ended else None
 
     spans = eventually_sync(whole_saga, timeout=20)
 

@@ -273,11 +273,14 @@ def test_a_redelivered_message_is_a_duplicate_span_and_no_second_notification(ap
     assert [s.attributes["saga.event"] for s in spans if s.kind is SpanKind.PRODUCER].count(
         "OrderCompleted"
     ) == 2
-    sweeps = [
-        s
-        for s in exported.get_finished_spans()
-        if s.name == "outbox sweep"
-        and any(link.context.span_id == first.parent.span_id for link in s.links)
-    ]
-    assert sweeps, "the sweep that re-published the row has no span linked to its context"
+
+    def sweeps() -> list:  # the sweep's span ends after its commit, maybe after the delivery's
+        return [
+            s
+            for s in exported.get_finished_spans()
+            if s.name == "outbox sweep"
+            and any(link.context.span_id == first.parent.span_id for link in s.links)
+        ]
+
+    assert eventually_sync(sweeps, timeout=10), "no sweep span linked to the row's context"
     assert notified(apps, order_id) == ["OrderCompleted"]
