@@ -29,7 +29,7 @@ from harness.system import SERVICES, System, running_system
 from harness.wait import eventually_sync
 from tests.support.audit import audit_deliveries
 from tests.support.cluster_faults import ClusterFaults, LeaderWatch
-from tests.support.faults import HEARTBEAT_S, RECONNECT_INTERVAL_S, BrokerUsers, keep
+from tests.support.faults import HEARTBEAT_S, RECONNECT_INTERVAL_S, BrokerUsers, keep_and_judge
 from tests.support.load import Load
 from tools.check import check, snapshot
 from tools.client import Shop
@@ -138,13 +138,7 @@ def test_every_guarantee_holds_after_broker_node_and_database_server_faults_unde
                 "violations": len(violations),
                 "seconds": round(time.monotonic() - began),
             }
-            keep(figures, faults.log.entries)
-            assert not violations, (
-                f"{len(violations)} violations (seed {seed}, logs in {tmp_path}):\n"
-                + "\n".join(violations[:40])
-                + "\nfaults:\n"
-                + "\n".join(map(str, faults.log.entries))
-            )
+            keep_and_judge(figures, faults.log.entries, violations, seed, tmp_path)
     finally:
         vhost.delete()
 

@@ -24,7 +24,7 @@ from tests.support.faults import (
     RECONNECT_INTERVAL_S,
     BrokerUsers,
     Faults,
-    keep,
+    keep_and_judge,
 )
 from tests.support.load import Load
 from tools.check import check, snapshot
@@ -111,13 +111,7 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
                 "violations": len(violations),
                 "seconds": round(time.monotonic() - began),
             }
-            keep(figures, faults.log.entries)
-            assert not violations, (
-                f"{len(violations)} violations (seed {seed}, logs in {tmp_path}):\n"
-                + "\n".join(violations[:40])
-                + "\nfaults:\n"
-                + "\n".join(map(str, faults.log.entries))
-            )
+            keep_and_judge(figures, faults.log.entries, violations, seed, tmp_path)
     finally:
         vhost.delete()
 

@@ -324,6 +324,20 @@ def _run(command: str) -> None:
     subprocess.run(shlex.split(command), check=True, capture_output=True, timeout=120)
 
 
+def keep_and_judge(
+    figures: dict, entries: list, violations: list[str], seed: int, logs: Path
+) -> None:
+    """`keep` the run's figures and faults, then fail with the first violations, the seed that
+    replays the run and where its logs are."""
+    keep(figures, entries)
+    assert not violations, (
+        f"{len(violations)} violations (seed {seed}, logs in {logs}):\n"
+        + "\n".join(violations[:40])
+        + "\nfaults:\n"
+        + "\n".join(map(str, entries))
+    )
+
+
 def keep(figures: dict, entries: list) -> None:
     """Print a run's figures and faults; write them as JSON to `SAGA_FAULTS_REPORT` if set."""
     print("fault suite:", json.dumps(figures))
