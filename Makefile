@@ -53,14 +53,25 @@ status: install ## Show which services run and are ready
 migrate: servers ## Apply every service's migrations, as its own role (services also do it on start)
 	$(PY) -m tools.provision --migrate
 
+# The suite on four workers (pytest-xdist), one test file per worker at a time, the longest files
+# first (tests/conftest.py): most of its time is spent waiting for sagas, faults and servers.
+PARALLEL := -n 4 --dist loadfile --no-loadscope-reorder
+
+# GLOBAL=1: the fault suite also restarts the machine's broker and PostgreSQL server, which would
+# fail whatever else runs against them; so it runs after the rest, alone.
 test: servers prometheus-install ## Run the whole suite against real servers (GLOBAL=1 adds broker and PostgreSQL restarts)
-	$(if $(GLOBAL),SAGA_FAULTS_GLOBAL=1) $(PY) -m pytest -q
+ifdef GLOBAL
+	$(PY) -m pytest -q $(PARALLEL) --ignore=tests/faults/test_fault_suite.py
+	SAGA_FAULTS_GLOBAL=1 $(PY) -m pytest -q tests/faults/test_fault_suite.py
+else
+	$(PY) -m pytest -q $(PARALLEL)
+endif
 
 test-unit: install ## Unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
 
 test-fast: servers ## Unit and integration tests, no e2e and no faults: the inner loop (~70 s here)
-	$(PY) -m pytest -q tests/unit tests/integration
+	$(PY) -m pytest -q $(PARALLEL) tests/unit tests/integration
 
 lint: install ## ruff (lint and format check) and mypy on the shared packages
 	.venv/bin/ruff check .

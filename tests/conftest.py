@@ -106,3 +106,33 @@ async def start_service(
 def _disarm_crash_points() -> Iterator[None]:
     yield
     faults.disarm_all()
+
+
+#: The longest tests, started first when `make test` runs the suite on several workers
+#: (pytest-xdist, one test file per worker at a time): each takes a worker of its own from the
+#: start, and the rest of the suite shares the others.
+LONGEST_FIRST = (
+    "tests/faults/test_cluster.py",
+    "tests/faults/test_fault_suite.py",
+    "tests/e2e/test_bench.py",
+    "tests/faults/test_backlog.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, then the unit tests (each worker takes a second file at once: a
+    short one, so that nothing waits behind a long one), then the rest as collected."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        if path in LONGEST_FIRST:
+            return LONGEST_FIRST.index(path)
+        return len(LONGEST_FIRST) + (0 if path.startswith("tests/unit/") else 1)
+
+    items.sort(key=rank)
+    for item in items:
+        # schemathesis names each API operation's test (`test_…[GET /orders]`) but gives them all
+        # the function's node id, and pytest-xdist hands out tests by node id: without the label
+        # a worker would run one operation per function and skip the rest.
+        if getattr(item, "operation_label", None) and not item.nodeid.endswith(f"::{item.name}"):
+            item._id = item.parent.id.child(item.name)  # pytest's own id for an item so named

@@ -185,7 +185,10 @@ def test_an_order_is_one_trace_from_its_request_through_the_four_services(apps, 
     assert root.name == "POST /orders"
     assert root.attributes["http.route"] == "/orders"
     assert handled(spans) == COMPLETED
-    assert not deliveries(spans, duplicate=True)
+    assert len(deliveries(spans)) == len(COMPLETED), "each event handled once"
+    # This module's grace is short (0.5 s): on a busy machine the sweep may publish a row again
+    # before its hand-over is marked; the copy shows as a delivery marked duplicate, nothing more.
+    assert handled(spans, duplicate=True) <= COMPLETED
     services = {s.attributes["saga.service"] for s in spans if s.kind is not SpanKind.SERVER}
     assert services == {
         "order_service",
