@@ -25,8 +25,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def sweep_deadlines() -> None:
         while True:
             try:
-                async with begin(messaging.sessionmaker) as session:
-                    cancelled = await handlers.cancel_overdue(session)
+                async with begin(messaging.pool) as tx:
+                    cancelled = await handlers.cancel_overdue(tx)
             except Exception:
                 log.warning("deadline sweep failed", exc_info=True)
                 cancelled = 0

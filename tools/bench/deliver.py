@@ -3,10 +3,10 @@
 Inventory's two deliveries of a completed saga (OrderCreated: reserve; PaymentSucceeded: commit
 the stock), handed to `outbox.consumer.deliver` in batches of 1, 8 and 64 on a throwaway database,
 with no broker: what is measured is the process's CPU per delivery (inbox claim, the unit's loads,
-the handlers, the writes, the outbox rows, the commit: psycopg, SQLAlchemy's session and our
-code), the part of a saga that batching and the statements' shape decide. PostgreSQL's own CPU is
-not in it (`make bench` measures that). Compare two versions of the code in two checkouts,
-interleaved (A B A B): docs/performance.md has the figures.
+the handlers, the writes, the outbox rows, the commit: psycopg, its pool and our code), the
+part of a saga that batching and the statements' shape decide. PostgreSQL's own CPU is not in
+it (`make bench` measures that). Compare two versions of the code in two checkouts, interleaved
+(A B A B): docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from inventory_service.settings import Settings
 from outbox import Messaging
 from outbox.consumer import deliver
 from outbox.inbox import Delivery
-from outbox.unit import begin
 
 SKUS = 50
 
@@ -53,8 +52,8 @@ async def cpu_ms_per_delivery(messaging: Messaging, sagas: int, batch: int) -> f
     started = time.process_time()
     for first in range(0, sagas, batch):
         chunk = pairs[first : first + batch]
-        await deliver(messaging.sessionmaker, MANIFEST, [created for created, _ in chunk])
-        await deliver(messaging.sessionmaker, MANIFEST, [paid for _, paid in chunk])
+        await deliver(messaging.pool, MANIFEST, [created for created, _ in chunk])
+        await deliver(messaging.pool, MANIFEST, [paid for _, paid in chunk])
     return (time.process_time() - started) / (2 * sagas) * 1000
 
 
@@ -63,7 +62,7 @@ async def measure(database_url: str, sagas: int, batches: Sequence[int], rounds:
     messaging = Messaging(MANIFEST, Settings(database_url=database_url, db_pool_size=2))
     messaging.relay.hand_over = lambda staged: None  # type: ignore[method-assign]  # no broker
     try:
-        async with begin(messaging.sessionmaker) as session:
+        async with messaging.sessionmaker.begin() as session:
             for number in range(SKUS):
                 sku = f"sku-{number}"
                 session.add(Product(sku=sku, name=sku, price_cents=100, on_hand=10**9, reserved=0))
@@ -79,7 +78,7 @@ async def measure(database_url: str, sagas: int, batches: Sequence[int], rounds:
                 f" all: {', '.join(f'{f:.3f}' for f in figures)})"
             )
     finally:
-        await messaging.engine.dispose()
+        await messaging.dispose()
 
 
 def main(argv: list[str] | None = None) -> None:
