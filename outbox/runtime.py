@@ -81,7 +81,7 @@ class Messaging:
             max_attempts=settings.handler_max_attempts,
             workers=settings.consumer_workers,
             max_batch=settings.consumer_max_batch,
-            concurrency=settings.consumer_concurrency,
+            concurrency=self.pool.size,
         )
         metrics.expect(
             [event_name(event) for event in manifest.consumes],

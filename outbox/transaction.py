@@ -122,12 +122,10 @@ class Transaction:
         """Send a statement whose result nobody reads: inside `commit`, it waits for the commit."""
         await self.connection.execute(sql, params)
 
-    @contextlib.asynccontextmanager
-    async def pipeline(self) -> AsyncIterator[None]:
+    def pipeline(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """Statements sent in the block wait for their answers together: one round trip for all
         the statements sent before the first rows are read, another for the rest."""
-        async with self.connection.pipeline():
-            yield
+        return self.connection.pipeline()
 
     def committed(self, hand_over: HandOver | None) -> None:
         """The commit is done: the relay may publish the staged events, the units may count."""
@@ -182,7 +180,13 @@ class Pool:
     """The psycopg connections of the saga's hot path: `size` of them, opened once and kept (no
     overflow, none recycled), each refused at checkout if the server has closed it
     (`refuse_if_closed_by_server`); where committed events go (`hand_over`), which ones the
-    service may emit (`emits`)."""
+    service may emit (`emits`).
+
+    Its users never hold more transactions at once than it has connections (the consumer's
+    concurrency is its size), so a checkout waits only while connections are being reopened: one
+    that waits `wait_s` finds the database out of reach and fails (`psycopg_pool.PoolTimeout`),
+    to be retried with backoff like a failed statement, as a new connection refused would.
+    """
 
     def __init__(
         self,
@@ -192,8 +196,10 @@ class Pool:
         emits: Iterable[type[Event]] | None = None,
         name: str = "outbox",
         connect_args: Mapping[str, Any] | None = None,
+        wait_s: float = 1.0,
     ) -> None:
         conninfo = make_url(database_url).set(drivername="postgresql")
+        self.size = size
         self.hand_over = hand_over
         self.emits = frozenset(emits) if emits is not None else None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
@@ -204,18 +210,27 @@ class Pool:
             open=False,
             check=_check,
             max_lifetime=float("inf"),
+            timeout=wait_s,
             name=name,
         )
         self._opened = False
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A connection for one transaction (the pool opened, the first time): committed or
-        rolled back as the block ends, then returned (a broken one is replaced)."""
+        """A connection for one transaction (the pool opened, the first time), rolled back if the
+        block raises, then returned (a broken one is replaced)."""
         if not self._opened:
             await self.open()
-        async with self._pool.connection() as connection:
+        connection = await self._pool.getconn()
+        try:
             yield connection
+        except BaseException:
+            if not connection.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await connection.rollback()
+            raise
+        finally:
+            await self._pool.putconn(connection)
 
     async def open(self) -> None:
         if not self._opened:
