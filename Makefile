@@ -58,11 +58,13 @@ migrate: servers ## Apply every service's migrations, as its own role (services 
 PARALLEL := -n 4 --dist loadfile --no-loadscope-reorder
 
 # GLOBAL=1: the fault suite also restarts the machine's broker and PostgreSQL server, which would
-# fail whatever else runs against them; so it runs after the rest, alone.
+# fail whatever else runs against them; so it runs after the rest, beside only the cluster suite
+# (which has servers of its own).
+LONE := tests/faults/test_fault_suite.py tests/faults/test_cluster.py
 test: servers prometheus-install ## Run the whole suite against real servers (GLOBAL=1 adds broker and PostgreSQL restarts)
 ifdef GLOBAL
-	$(PY) -m pytest -q $(PARALLEL) --ignore=tests/faults/test_fault_suite.py
-	SAGA_FAULTS_GLOBAL=1 $(PY) -m pytest -q tests/faults/test_fault_suite.py
+	$(PY) -m pytest -q $(PARALLEL) $(addprefix --ignore=,$(LONE))
+	SAGA_FAULTS_GLOBAL=1 $(PY) -m pytest -q -n 2 --dist loadfile $(LONE)
 else
 	$(PY) -m pytest -q $(PARALLEL)
 endif
