@@ -15,6 +15,7 @@ Fixtures with a wider scope can call `Vhost.create(servers)` and `create_databas
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -136,3 +137,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # a worker would run one operation per function and skip the rest.
         if getattr(item, "operation_label", None) and not item.nodeid.endswith(f"::{item.name}"):
             item._id = item.parent.id.child(item.name)  # pytest's own id for an item so named
+    shared = [nodeid for nodeid, n in Counter(item.nodeid for item in items).items() if n > 1]
+    if shared:
+        raise pytest.UsageError(f"tests sharing a node id (xdist would run one of each): {shared}")
