@@ -28,6 +28,7 @@ from functools import partial
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, event_name
@@ -204,7 +205,12 @@ class Consumer:
                 await self._wakeup.wait()
                 continue
             batch = [self._ready.popleft() for _ in range(min(len(self._ready), self._max_batch))]
-            await self._handle_batch(batch)
+            try:
+                await self._handle_batch(batch)
+            except Exception:
+                # A worker that died would stop the service consuming for good; its deliveries,
+                # unacked, come again when their channel closes.
+                log.exception("%s: a batch of %d failed", self.manifest.service, len(batch))
 
     async def _handle_batch(self, batch: list[_Received]) -> None:
         try:
@@ -324,7 +330,9 @@ class _Acks:
         self._open: dict[Any, set[int]] = {}
 
     def received(self, message: AbstractIncomingMessage) -> None:
-        channel = message.channel
+        channel = _open_channel(message)
+        if channel is None:
+            return  # closed since: the message will come again on a new channel
         if channel not in self._open:
             # A robust connection opens new channels after a reconnect: forget the dead ones.
             for stale in [c for c in self._open if getattr(c, "is_closed", False)]:
@@ -335,7 +343,11 @@ class _Acks:
     async def ack(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         by_channel: dict[Any, list[AbstractIncomingMessage]] = {}
         for message in messages:
-            by_channel.setdefault(message.channel, []).append(message)
+            channel = _open_channel(message)
+            if channel is None:
+                _will_come_again(message, "its channel closed")
+            else:
+                by_channel.setdefault(channel, []).append(message)
         frames = 0
         for channel, ours in by_channel.items():
             open_tags = self._open.get(channel, set())
@@ -357,7 +369,9 @@ class _Acks:
             open_tags -= tags
 
     async def reject(self, message: AbstractIncomingMessage) -> None:
-        self._open.get(message.channel, set()).discard(_tag(message))
+        channel = _open_channel(message)
+        if channel is not None:
+            self._open.get(channel, set()).discard(_tag(message))
         with contextlib.suppress(Exception):  # a closed channel returns the message anyway
             await message.reject(requeue=False)
 
@@ -366,10 +380,22 @@ class _Acks:
         try:
             await message.ack(multiple=multiple)
         except Exception as exc:
-            # The channel closed since the delivery: the broker gives the message to a consumer
-            # again, and the inbox will know it as a duplicate.
-            log.info("ack of %s not sent (%r): it will come again", message.message_id, exc)
+            _will_come_again(message, repr(exc))
         return 1
+
+
+def _open_channel(message: AbstractIncomingMessage) -> Any:
+    """The channel the message came on, or None once it closed (aio-pika raises then)."""
+    try:
+        return message.channel
+    except ChannelInvalidStateError:
+        return None
+
+
+def _will_come_again(message: AbstractIncomingMessage, why: str) -> None:
+    # The channel closed since the delivery: the broker gives the message to a consumer again,
+    # and the inbox will know it as a duplicate.
+    log.info("ack of %s not sent (%s): it will come again", message.message_id, why)
 
 
 def _tag(message: AbstractIncomingMessage) -> int:

@@ -161,6 +161,41 @@ async def test_a_consumer_killed_between_a_batchs_acks_leaves_one_effect_per_eve
     assert await effects_of(second_life) == sorted(e.event_id for e in everything)
 
 
+async def test_a_batch_whose_channel_closed_before_its_acks_comes_again_and_the_consumer_goes_on(
+    start_service, probe_database, broker, vhost
+):
+    """The broker drops the connection while a batch is in its transaction: the batch commits,
+    its acks cannot be sent, the broker delivers it again on the new channel (duplicates), and
+    the consumer goes on with what comes next."""
+    consumer = await start_service(
+        probe.manifest({OrderCreated: probe.record_effect}),
+        probe.Settings,
+        database_url=probe_database,
+        consumer_workers=1,
+    )
+    events, gate = await held_batch(consumer, broker, 5)
+    name = consumer.manifest.service
+    before = await eventually(lambda: _connections(vhost, name), timeout=30, interval=0.5)
+    assert await asyncio.to_thread(vhost.close_connections, name) == 1
+    await eventually(lambda: _connections(vhost, name, besides=before), timeout=30, interval=0.5)
+    duplicates_before = handled("OrderCreated", "duplicate")
+    gate.open()
+
+    later = an_order_created()
+    await broker.publish_event(later, app_id="order_service")
+
+    await eventually(lambda: _count_effects(consumer, len(events) + 1))
+    await eventually(lambda: handled("OrderCreated", "duplicate") == duplicates_before + 5)
+    assert await effects_of(consumer) == sorted(e.event_id for e in [*events, later])
+
+
+async def _connections(vhost, name: str, besides: set[str] = frozenset()) -> set[str]:
+    """The broker's names for the connections of client `name`; empty while one of them is
+    among `besides` (not reconnected yet)."""
+    found = {c["name"] for c in await asyncio.to_thread(vhost.connections, name)}
+    return set() if found & besides else found
+
+
 async def test_a_batch_that_fails_is_handled_one_delivery_at_a_time_and_poison_goes_alone(
     start_service, probe_database, broker, vhost
 ):
