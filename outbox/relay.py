@@ -202,9 +202,12 @@ class Relay:
                 continue
             failures = 0
             if not self._handed and self.caught_up:
+                # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` drops a cancel that
+                # comes in the same turn as a hand-over's wakeup (cpython gh-86296), and the
+                # relay would go on relaying while `Messaging.stop` waits for it.
                 with contextlib.suppress(TimeoutError):
-                    timeout = max(0.0, next_sweep - time.monotonic())
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    async with asyncio.timeout(max(0.0, next_sweep - time.monotonic())):
+                        await self._wakeup.wait()
 
     async def publish_handed(self) -> int:
         """Publish up to a batch of handed-over rows; those the broker confirmed are marked soon
