@@ -11,6 +11,9 @@ service. What a deployment past one machine runs, on one machine, for the cluste
 - PostgreSQL: one server per service, made with Debian's `pg_createcluster` on ports 5441+ (trust
   on 127.0.0.1), dropped with `pg_dropcluster` at the end.
 
+`OwnServers` is the smallest such set: one RabbitMQ node on its own and one PostgreSQL server, for
+a suite that stops or restarts a whole server (the fault suite) beside tests on the machine's.
+
 `python -m harness.cluster up|down|status` (`make cluster-up`, `make cluster-down`) runs the same
 outside a test; its data lives in `.run/cluster/` and is removed by `down`. Missing engines make
 `ClusterUnavailable` with what is missing; haproxy and iptables are installed with apt-get if they
@@ -70,6 +73,8 @@ class RabbitNode:
     index: int
     base: Path  # its data, configuration and logs
     home: Path  # HOME of the node and of its CLI: where the cluster's Erlang cookie is
+    #: False: a broker on its own, not joining `FIRST_NODE` (`OwnServers`).
+    clustered: bool = True
 
     @property
     def name(self) -> str:
@@ -124,14 +129,18 @@ class RabbitNode:
             f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
             f"management.tcp.ip = 127.0.0.1\n"
             f"management.tcp.port = {self.management_port}\n"
-            "cluster_partition_handling = pause_minority\n"
+            f"cluster_partition_handling = {'pause_minority' if self.clustered else 'ignore'}\n"
             "collect_statistics_interval = 1000\n"
             "disk_free_limit.absolute = 50MB\n"
             "log.file.level = info\n"
             "log.console = false\n"
-            # The first node boots alone; the others join it as they first boot.
-            "cluster_formation.peer_discovery_backend = classic_config\n"
-            f"cluster_formation.classic_config.nodes.1 = {FIRST_NODE}\n"
+            + (
+                # The first node boots alone; the others join it as they first boot.
+                "cluster_formation.peer_discovery_backend = classic_config\n"
+                f"cluster_formation.classic_config.nodes.1 = {FIRST_NODE}\n"
+                if self.clustered
+                else ""
+            )
         )
 
     @property
@@ -475,11 +484,7 @@ class LocalCluster:
 
     def start(self) -> None:
         check_engines()
-        home = self.nodes[0].home
-        home.mkdir(parents=True, exist_ok=True)
-        cookie = home / ".erlang.cookie"
-        cookie.write_text(self.cookie)
-        cookie.chmod(0o400)
+        _write_cookie(self.nodes[0].home, self.cookie)
         for node in self.nodes:
             if node.pid is not None:
                 raise ClusterUnavailable(f"{node.name} already runs: `make cluster-down` first")
@@ -521,6 +526,77 @@ class LocalCluster:
 def _create_and_start(server: PostgresServer) -> None:
     server.create()
     server.start()
+
+
+def _write_cookie(home: Path, cookie: str) -> None:
+    """The Erlang cookie of our nodes and of their CLI (`HOME` of both), not the machine's."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / ".erlang.cookie"
+    path.unlink(missing_ok=True)
+    path.write_text(cookie)
+    path.chmod(0o400)
+
+
+# --- servers of one's own ----------------------------------------------------------------------
+
+#: `OwnServers`' ports: AMQP 5685, management 15685, distribution 25685; PostgreSQL 5449.
+OWN_NODE_INDEX, OWN_POSTGRES_PORT = 5, 5449
+
+
+@dataclass
+class OwnServers:
+    """One RabbitMQ node (`saga-5@localhost`) and one PostgreSQL server that nobody else uses:
+    for the fault suite, whose global faults (the whole broker stopped, the whole PostgreSQL
+    server restarted) must not strike what other tests and processes on the machine use."""
+
+    base: Path
+    cookie: str = field(default_factory=lambda: secrets.token_hex(16).upper())
+
+    def __post_init__(self) -> None:
+        self.base = self.base.resolve()
+        self.node = RabbitNode(
+            OWN_NODE_INDEX, self.base / "rabbit", self.base / "home", clustered=False
+        )
+        self.postgres = PostgresServer(
+            OWN_POSTGRES_PORT, self.base / "postgres" / f"saga{OWN_POSTGRES_PORT}"
+        )
+
+    @property
+    def servers(self) -> Servers:
+        return Servers(
+            self.postgres.admin_url,
+            f"amqp://guest:guest@127.0.0.1:{self.node.amqp_port}/",
+            f"http://guest:guest@127.0.0.1:{self.node.management_port}",
+        )
+
+    def start(self) -> None:
+        check_engines()
+        if self.node.pid is not None:
+            raise ClusterUnavailable(f"{self.node.name} already runs (pid file in {self.base})")
+        _write_cookie(self.node.home, self.cookie)
+        self.node.write_config()
+        self.node.start()
+        with ThreadPoolExecutor() as pool:  # PostgreSQL meanwhile
+            made = pool.submit(_create_and_start, self.postgres)
+            self.node.wait_booted()
+            made.result()
+
+    def stop(self) -> None:
+        """Stop both and remove their data; what is already gone is skipped."""
+        self.node.kill()
+        self.postgres.drop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def own_servers(base: Path) -> Iterator[OwnServers]:
+    """Started `OwnServers` for the block, stopped and removed after it (also if starting failed)."""
+    started = OwnServers(base)
+    try:
+        started.start()
+        yield started
+    finally:
+        started.stop()
 
 
 def check_engines() -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,13 +21,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.cluster import ClusterUnavailable, LocalCluster, check_engines, local_cluster
+from harness.cluster import LocalCluster, local_cluster
 from harness.rabbitmq import Vhost
 from harness.system import SERVICES, System, running_system
 from harness.wait import eventually_sync
 from tests.support.audit import audit_deliveries
 from tests.support.cluster_faults import ClusterFaults, LeaderWatch
-from tests.support.faults import HEARTBEAT_S, RECONNECT_INTERVAL_S, BrokerUsers, keep_and_judge
+from tests.support.faults import (
+    HEARTBEAT_S,
+    RECONNECT_INTERVAL_S,
+    BrokerUsers,
+    engines_base,
+    keep_and_judge,
+)
 from tests.support.load import Load
 from tools.check import check, snapshot
 from tools.client import Shop
@@ -44,17 +48,8 @@ ALARM_S = 20.0
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    try:
-        check_engines()
-    except ClusterUnavailable as missing:
-        pytest.fail(f"the cluster suite cannot run on this machine: {missing}", pytrace=False)
-    base = Path(tempfile.mkdtemp(prefix="order-saga-cluster-"))
-    base.chmod(0o755)  # PostgreSQL's servers run as postgres, under it
-    try:
-        with local_cluster(base, SERVICES) as started:
-            yield started
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with engines_base("cluster suite") as base, local_cluster(base, SERVICES) as started:
+        yield started
 
 
 def test_every_guarantee_holds_after_broker_node_and_database_server_faults_under_load(

@@ -1,8 +1,11 @@
 """The fault suite: a mixed load runs while processes are killed, paused and cut off, the broker
-drops connections and the databases drop sessions; once healed, every guarantee must hold.
+drops connections, the databases drop sessions, then the whole broker stops and the whole
+PostgreSQL server restarts; once healed, every guarantee must hold.
 
-Run it alone with `make test-faults`; `make test` runs it too. Global faults (broker stop_app/
-start_app, PostgreSQL restart) join in with `SAGA_FAULTS_GLOBAL=1`; see tests/support/faults.py.
+The system runs on a RabbitMQ node and a PostgreSQL server of the test's own
+(`harness.cluster.OwnServers`), so that its global faults strike nothing else and it runs beside
+the rest of `make test`; like the cluster suite, it needs `rabbitmq-server` and `pg_createcluster`
+installed (and root), and fails saying what is missing. `make test-faults` runs it alone.
 `SAGA_FAULTS_SEED` replays a run's random choices; `SAGA_FAULTS_REPORT=<file>` keeps its figures.
 """
 
@@ -11,19 +14,22 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from harness.cluster import OwnServers, own_servers
 from harness.rabbitmq import Vhost
 from harness.system import SERVICES, running_system
 from harness.wait import eventually_sync
 from tests.support.audit import audit_deliveries
 from tests.support.faults import (
-    GLOBAL,
     HEARTBEAT_S,
     RECONNECT_INTERVAL_S,
     BrokerUsers,
     Faults,
+    engines_base,
     keep_and_judge,
 )
 from tests.support.load import Load
@@ -39,12 +45,19 @@ RATE = 4.0
 HEAL_S = 120.0
 
 
+@pytest.fixture(scope="module")
+def own() -> Iterator[OwnServers]:
+    with engines_base("fault suite") as base, own_servers(base) as started:
+        yield started
+
+
 def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_under_load(
-    servers, tmp_path
-):
+    own: OwnServers, tmp_path: Path
+) -> None:
     seed = int(os.environ.get("SAGA_FAULTS_SEED") or random.randrange(1_000_000))
     rng = random.Random(seed)
     began = time.monotonic()
+    servers = own.servers
     vhost = Vhost.create(servers)
     query = f"heartbeat={HEARTBEAT_S}&reconnect_interval={RECONNECT_INTERVAL_S}"
     try:
@@ -59,7 +72,7 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
             ) as system,
         ):
             urls = system.urls
-            faults = Faults(system, vhost, users, servers.postgres_admin_url, rng)
+            faults = Faults(system, vhost, users, servers.postgres_admin_url, rng, own=own)
             load = Load(urls, system.tokens, rate=RATE, seed=rng.randrange(1_000_000))
             load.prepare()
             baseline = snapshot(urls, system.tokens)
@@ -98,7 +111,6 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
             violations += problems + undelivered
             figures = {
                 "seed": seed,
-                "global faults": GLOBAL,
                 "orders": len(load.placed),
                 "kinds": dict(load.kinds),
                 "outcomes": dict(outcomes),
@@ -117,7 +129,7 @@ def test_every_guarantee_holds_after_crashes_and_broker_and_database_faults_unde
 
 
 def inject(faults: Faults, rng: random.Random) -> None:
-    """Every local fault, in a row, while the load runs; then the global ones if enabled."""
+    """Every local fault, in a row, while the load runs; then the global ones."""
     for _ in range(2):  # each service killed at a random moment, twice
         for name in rng.sample(SERVICES, len(SERVICES)):
             time.sleep(rng.uniform(1.0, 4.0))
@@ -134,9 +146,8 @@ def inject(faults: Faults, rng: random.Random) -> None:
         faults.terminate_sessions()
     time.sleep(rng.uniform(1.0, 4.0))
     faults.databases_down(seconds=6)
-    if GLOBAL:
-        time.sleep(rng.uniform(1.0, 4.0))
-        faults.restart_broker()
-        faults.wait_reconnected(SERVICES)
-        time.sleep(rng.uniform(1.0, 4.0))
-        faults.restart_postgres()
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.restart_broker()
+    faults.wait_reconnected(SERVICES)
+    time.sleep(rng.uniform(1.0, 4.0))
+    faults.restart_postgres()

@@ -1,15 +1,13 @@
 """The faults the fault suite injects into a running `System`, each one logged with when it struck.
 
-Local faults touch only the test's own processes, vhost, broker users and databases, so they are
-safe on a shared machine: SIGKILL and restart, a kill storm, SIGSTOP past the broker heartbeat,
-closing the vhost's connections, cutting one service off the broker (its user's connection limit
-set to 0), terminating the services' database sessions, and refusing connections to their
-databases for a while.
+Local faults touch only the test's own processes, vhost, broker users and databases: SIGKILL and
+restart, a kill storm, SIGSTOP past the broker heartbeat, closing the vhost's connections, cutting
+one service off the broker (its user's connection limit set to 0), terminating the services'
+database sessions, and refusing connections to their databases for a while.
 
-Global faults restart a server everybody shares: `rabbitmqctl stop_app`/`start_app` and a
-PostgreSQL restart. They run only with `SAGA_FAULTS_GLOBAL=1` (CI sets it; never on a machine where
-someone else's tests run). The commands can be replaced for other setups with
-`SAGA_FAULTS_BROKER_STOP`, `SAGA_FAULTS_BROKER_START` and `SAGA_FAULTS_POSTGRES_RESTART`.
+Global faults strike a whole server: the broker's `stop_app`/`start_app` and a PostgreSQL restart.
+They need servers nobody else uses (`harness.cluster.OwnServers`, given as `own`), so that the
+suite can run beside other tests on one machine.
 """
 
 from __future__ import annotations
@@ -19,8 +17,8 @@ import json
 import os
 import random
 import secrets
-import shlex
-import subprocess
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -30,21 +28,15 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import psycopg
+import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from harness.cluster import ClusterUnavailable, OwnServers, check_engines
 from harness.rabbitmq import Vhost
 from harness.system import System
 from harness.wait import eventually_sync
 from tools.postgres import libpq
-
-GLOBAL = os.environ.get("SAGA_FAULTS_GLOBAL") == "1"
-
-BROKER_STOP = os.environ.get("SAGA_FAULTS_BROKER_STOP", "rabbitmqctl stop_app")
-BROKER_START = os.environ.get("SAGA_FAULTS_BROKER_START", "rabbitmqctl start_app")
-POSTGRES_RESTART = os.environ.get(
-    "SAGA_FAULTS_POSTGRES_RESTART", "pg_ctlcluster --skip-systemctl-redirect 15 main restart"
-)
 
 #: Heartbeat the services negotiate in the fault suite: a process stopped for longer than two of
 #: them is dropped by the broker. Short, so that the suite can pause a service past it.
@@ -69,6 +61,22 @@ class FaultLog:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+@contextlib.contextmanager
+def engines_base(suite: str) -> Iterator[Path]:
+    """A folder for servers of the suite's own (`OwnServers`, `LocalCluster`), removed after; the
+    suite fails at once, saying what is missing, where this machine cannot run them."""
+    try:
+        check_engines()
+    except ClusterUnavailable as missing:
+        pytest.fail(f"the {suite} cannot run on this machine: {missing}", pytrace=False)
+    base = Path(tempfile.mkdtemp(prefix=f"order-saga-{suite.replace(' ', '-')}-"))
+    base.chmod(0o755)  # PostgreSQL's servers run as postgres, under it
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- broker users ------------------------------------------------------------------------------
@@ -175,6 +183,7 @@ class Faults:
         admin_url: str,
         rng: random.Random,
         log: FaultLog | None = None,
+        own: OwnServers | None = None,
     ) -> None:
         self.system = system
         self.vhost = vhost
@@ -182,6 +191,7 @@ class Faults:
         self.admin_url = admin_url
         self.rng = rng
         self.log = log or FaultLog()
+        self.own = own  # the servers under `system`, if nobody else uses them (global faults)
 
     def kill_and_restart(self, name: str, down_s: float) -> None:
         """SIGKILL at a random moment of its work, then a restart after `down_s`."""
@@ -278,19 +288,27 @@ class Faults:
             time.sleep(seconds)
 
     def restart_broker(self, down_s: float = 5.0) -> None:
-        """GLOBAL: the whole broker stops and starts again."""
-        _run(BROKER_STOP)
-        self.log.add("broker stop_app/start_app", f"down {down_s:.0f}s")
+        """GLOBAL: the whole broker stops (`stop_app`: every connection, every queue) and starts
+        again after `down_s`."""
+        node = self._own().node
+        node.ctl("stop_app")
+        self.log.add("broker stop_app/start_app", f"{node.name} down {down_s:.0f}s")
         try:
             time.sleep(down_s)
         finally:
-            _run(BROKER_START)
+            node.ctl("start_app")
         eventually_sync(self._broker_answers, timeout=60, interval=0.5)
 
     def restart_postgres(self) -> None:
-        """GLOBAL: the whole PostgreSQL server restarts."""
-        _run(POSTGRES_RESTART)
-        self.log.add("postgresql restart", POSTGRES_RESTART)
+        """GLOBAL: the whole PostgreSQL server restarts (`pg_ctlcluster … restart`, fast mode)."""
+        server = self._own().postgres
+        server.ctl("restart")
+        self.log.add("postgresql restart", f"{server.name} on :{server.port}")
+
+    def _own(self) -> OwnServers:
+        if self.own is None:
+            raise RuntimeError("a global fault needs servers of the test's own (OwnServers)")
+        return self.own
 
     def backlog_of(self, name: str) -> int:
         """Messages waiting in the service's queues, as the management API last counted them."""
@@ -318,10 +336,6 @@ class Faults:
         except httpx.HTTPError:
             return False
         return True
-
-
-def _run(command: str) -> None:
-    subprocess.run(shlex.split(command), check=True, capture_output=True, timeout=120)
 
 
 def keep_and_judge(
