@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from harness.databases import create_database, drop_database, migrate
 from harness.rabbitmq import Vhost
@@ -27,6 +28,11 @@ from harness.servers import Servers, provide_servers
 from outbox import Manifest, Messaging, MessagingSettings, faults
 from tests.support.broker import Broker
 from tests.support.services import start_messaging, stop_messaging
+
+# The suite runs on four workers on two cores: how fast hypothesis draws its inputs or runs one
+# example measures the machine, not the code (`too_slow` failed a unit test in a CI run).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")
