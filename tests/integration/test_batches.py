@@ -34,7 +34,9 @@ from tests.support.services import crashed, handled, stop_messaging
 from tools.postgres import libpq
 
 ROUNDS = 20
-QUEUE = probe.manifest({OrderCreated: probe.record_effect}).queue_for(OrderCreated)
+#: The probe service recording an effect per OrderCreated: what most tests here consume with.
+RECORDING = probe.manifest({OrderCreated: probe.record_effect})
+QUEUE = RECORDING.queue_for(OrderCreated)
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +84,7 @@ async def test_deliveries_ready_together_are_handled_in_one_transaction(
     start_service, probe_database, broker
 ):
     consumer = await start_service(
-        probe.manifest({OrderCreated: probe.record_effect}),
-        probe.Settings,
-        database_url=probe_database,
-        consumer_workers=1,
+        RECORDING, probe.Settings, database_url=probe_database, consumer_workers=1
     )
     events, gate = await held_batch(consumer, broker, 5)
     gate.open()
@@ -108,7 +107,7 @@ async def test_deliveries_ready_together_are_handled_in_one_transaction(
 async def test_a_consumer_killed_around_a_batchs_commit_leaves_one_effect_per_event(
     start_service, probe_database, broker, point, duplicates
 ):
-    manifest = probe.manifest({OrderCreated: probe.record_effect})
+    manifest = RECORDING
     first_life = await start_service(
         manifest, probe.Settings, database_url=probe_database, consumer_workers=1
     )
@@ -129,7 +128,7 @@ async def test_a_consumer_killed_around_a_batchs_commit_leaves_one_effect_per_ev
 async def test_a_consumer_killed_between_a_batchs_acks_leaves_one_effect_per_event(
     start_service, probe_database, broker
 ):
-    manifest = probe.manifest({OrderCreated: probe.record_effect})
+    manifest = RECORDING
     first_life = await start_service(
         manifest, probe.Settings, database_url=probe_database, consumer_workers=2
     )
@@ -168,10 +167,7 @@ async def test_a_batch_whose_channel_closed_before_its_acks_comes_again_and_the_
     its acks cannot be sent, the broker delivers it again on the new channel (duplicates), and
     the consumer goes on with what comes next."""
     consumer = await start_service(
-        probe.manifest({OrderCreated: probe.record_effect}),
-        probe.Settings,
-        database_url=probe_database,
-        consumer_workers=1,
+        RECORDING, probe.Settings, database_url=probe_database, consumer_workers=1
     )
     events, gate = await held_batch(consumer, broker, 5)
     name = consumer.manifest.service
