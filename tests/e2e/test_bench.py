@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.servers import Servers
 
 SERVICES = {"order_service", "inventory_service", "payment_service", "notification_service"}
@@ -27,17 +29,34 @@ TINY = [
 ]  # fmt: skip
 
 
+def run_bench(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m tools.bench` to its end; past `timeout`, stopped with SIGTERM, on which it stops
+    its services and its PostgreSQL server (a SIGKILL, subprocess.run's way, would leave them
+    running), then the test fails with the end of its log."""
+    command = [sys.executable, "-m", "tools.bench", *args]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as bench:
+        try:
+            stdout, stderr = bench.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            bench.terminate()
+            try:
+                _, stderr = bench.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                _, stderr = bench.communicate()
+            pytest.fail(f"the benchmark ran past {timeout:.0f} s: {stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, bench.returncode, stdout, stderr)
+
+
+@pytest.mark.timeout(400)  # past run_bench's own timeout and the bench's cleanup
 def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_invariants(
     servers: Servers, tmp_path: Path
 ) -> None:
     output = tmp_path / "bench.json"
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "tools.bench", *TINY, "--output", str(output)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    finished = run_bench([*TINY, "--output", str(output)], timeout=300)
 
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(output.read_text())
