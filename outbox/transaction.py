@@ -14,6 +14,7 @@ the session's connection, through the same `Transaction`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import select
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -218,10 +219,24 @@ class Pool:
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection for one transaction (the pool opened, the first time), rolled back if the
-        block raises, then returned (a broken one is replaced)."""
+        block raises, then returned: a broken one (its server gone, a transaction left open) is
+        closed and replaced by the pool, never handed out again.
+
+        A cancel is never lost on the way: psycopg_pool's checkout waits with `asyncio.wait_for`,
+        which on Python 3.11 drops a cancel that comes in the same turn as the connection (cpython
+        gh-86296, psycopg/psycopg#1345); the task would go on as if never cancelled, and
+        `Messaging.stop`, which cancels the consumer's workers, would wait for it forever. So a
+        checkout whose task was cancelled meanwhile gives the connection back and raises
+        `CancelledError` itself. The connection goes back whatever interrupts its return.
+        """
         if not self._opened:
             await self.open()
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         connection = await self._pool.getconn()
+        if task is not None and task.cancelling() > cancels:
+            await self._give_back(connection)
+            raise asyncio.CancelledError
         try:
             yield connection
         except BaseException:
@@ -230,7 +245,12 @@ class Pool:
                     await connection.rollback()
             raise
         finally:
-            await self._pool.putconn(connection)
+            await self._give_back(connection)
+
+    async def _give_back(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        # Shielded: a cancel in the middle of the return (the pool's lock, its rollback) would
+        # leave the connection neither in the pool nor closed, and the pool one short for good.
+        await asyncio.shield(self._pool.putconn(connection))
 
     async def open(self) -> None:
         if not self._opened:
