@@ -161,12 +161,13 @@ def _upsert(table: Table) -> BulkInsert:
 async def begin(pool: Pool) -> AsyncIterator[Transaction]:
     """A transaction of the saga's hot path, on a connection of `pool`: its units and events are
     written back, and it commits, in one round trip (`commit`); it rolls back if the body raises.
-    Once it committed, the relay gets its events and its units are told (`committed`)."""
+    Once it committed, the relay gets its events and its units are told (`committed`), before
+    the connection goes back: a cancel while it goes back cannot skip the hand-over."""
     async with pool.connection() as connection:
         tx = Transaction(connection, pool.emits)
         yield tx
         await commit(tx)
-    tx.committed(pool.hand_over)
+        tx.committed(pool.hand_over)
 
 
 @contextlib.asynccontextmanager
