@@ -45,8 +45,9 @@ class Messaging:
         self.settings = settings
         # Two fixed pools that hold `db_pool_size` connections between them, sized for what runs
         # at once: one per consumer transaction (bounded by `consumer_concurrency`), the rest for
-        # HTTP requests, the relay and the sweeps. No overflow: none opened and closed under load.
-        consumers = max(1, min(settings.consumer_concurrency, settings.db_pool_size - 1))
+        # HTTP requests, the relay and the sweeps, at least two of them where the size allows (with
+        # one, every request waited for the relay's sweep). No overflow: none opened under load.
+        consumers = max(1, min(settings.consumer_concurrency, settings.db_pool_size - 2))
         self.engine: AsyncEngine = create_async_engine(
             settings.database_url,
             pool_size=max(1, settings.db_pool_size - consumers),
