@@ -9,11 +9,10 @@ from typing import Self
 
 from sqlalchemy import ARRAY, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderCreated
 from inventory_service.models import Product, Reservation
-from outbox.transaction import compiled
+from outbox.transaction import Transaction, compiled
 from outbox.unit import Rows, Unit, ids
 
 _RESERVATIONS = Reservation.__table__.c
@@ -38,18 +37,18 @@ _LOCK_PRODUCTS = compiled(
 class Stock(Unit):
     """The orders' reservations and the products they hold or ask for, each locked."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        super().__init__(session)
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
         self.reservations = Rows(Reservation)
         self.products = Rows(Product)
         self._skus: set[str] = set()
 
     @classmethod
-    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
+    async def load(cls, tx: Transaction, events: Sequence[Event]) -> Self:
         """The reservations of the events' orders, then the products those reservations hold
         and the new orders ask for."""
-        stock = cls(session)
-        await stock.reservations.load(session, _LOCK_RESERVATIONS, {"ids": ids(events)})
+        stock = cls(tx)
+        await stock.reservations.load(tx, _LOCK_RESERVATIONS, {"ids": ids(events)})
         wanted = {i.sku for e in events if isinstance(e, OrderCreated) for i in e.items}
         held = {item["sku"] for r in stock.reservations for item in r.items}
         await stock.lock_products(wanted | held)
@@ -57,7 +56,7 @@ class Stock(Unit):
 
     async def lock_products(self, skus: Iterable[str]) -> None:
         self._skus.update(skus)
-        await self.products.load(self.session, _LOCK_PRODUCTS, {"skus": sorted(set(skus))})
+        await self.products.load(self.tx, _LOCK_PRODUCTS, {"skus": sorted(set(skus))})
 
     def reservation(self, order_id: uuid.UUID) -> Reservation | None:
         return self.reservations.get(order_id)

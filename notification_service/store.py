@@ -6,11 +6,9 @@ from __future__ import annotations
 from typing import cast
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from notification_service.models import Notification
-from outbox import transaction
-from outbox.transaction import BulkInsert
+from outbox.transaction import BulkInsert, Transaction
 from outbox.unit import Unit
 
 #: Built once. An event already notified is skipped (`ON CONFLICT DO NOTHING` on its id): a safety
@@ -23,8 +21,8 @@ _INSERT = BulkInsert(
 class Outgoing(Unit):
     """The notifications a transaction sends. Nothing to load: each event makes a new one."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        super().__init__(session)
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
         self.notifications: list[Notification] = []
 
     def add(self, notification: Notification) -> None:
@@ -33,7 +31,7 @@ class Outgoing(Unit):
     async def save(self) -> None:
         if self.notifications:
             rows = [{c: getattr(n, c) for c in _INSERT.columns} for n in self.notifications]
-            await transaction.execute(self.session, _INSERT.sql, _INSERT.params(rows))
+            await self.tx.execute(_INSERT.sql, _INSERT.params(rows))
             self.notifications.clear()
 
     def unsaved(self) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
+from outbox import transaction
 from web import IdempotencyKeyHeader, Principal, remember, replay, request_hash
 from web.params import DEFAULT_PAGE, Limit, Name, Offset, SomeCustomerId
 
@@ -85,7 +86,7 @@ class OrderController(Controller):
             previous = await replay(session, scope, idempotency_key, body_hash)
             if previous is not None:
                 return previous
-        orders = Orders(session)
+        orders = Orders(transaction.of(session))
         order, _ = handlers.place_order(
             orders,
             customer_id,
@@ -139,7 +140,9 @@ class OrderController(Controller):
         principal: NamedDependency[Principal],
     ) -> Response[OrderOut]:
         """Cancel in any status but cancelled (202); cancelling a cancelled order answers 200."""
-        order, changed = await handlers.cancel_order(session, order_id, principal.restricted_to)
+        order, changed = await handlers.cancel_order(
+            transaction.of(session), order_id, principal.restricted_to
+        )
         if order is None:
             raise NotFoundException(f"no order {order_id}")
         return Response(OrderOut.of(order), status_code=202 if changed else 200)

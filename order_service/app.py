@@ -11,8 +11,8 @@ from order_service import handlers
 from order_service.api import OrderController
 from order_service.messaging import MANIFEST
 from order_service.settings import Settings
-from outbox import Messaging
-from outbox.unit import begin
+from outbox import Messaging, transaction
+from outbox.unit import session
 from web import create_service_app
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def sweep_deadlines() -> None:
         while True:
             try:
-                async with begin(messaging.sessionmaker) as session:
-                    cancelled = await handlers.cancel_overdue(session)
+                async with session(messaging.sessionmaker) as opened:
+                    cancelled = await handlers.cancel_overdue(transaction.of(opened))
             except Exception:
                 log.warning("deadline sweep failed", exc_info=True)
                 cancelled = 0

@@ -10,8 +10,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from contracts import (
     CancelReason,
     Item,
@@ -27,6 +25,7 @@ from contracts import (
 from order_service.models import Order
 from order_service.store import Orders
 from outbox import PoisonMessage, continuing
+from outbox.transaction import Transaction
 
 
 def place_order(
@@ -90,11 +89,11 @@ def cancel(orders: Orders, order: Order, reason: CancelReason) -> bool:
 
 
 async def cancel_order(
-    session: AsyncSession, order_id: uuid.UUID, customer_id: str | None = None
+    tx: Transaction, order_id: uuid.UUID, customer_id: str | None = None
 ) -> tuple[Order | None, bool]:
     """The customer cancels (`POST /orders/{id}/cancel`): the order, if there is one (and it is
     `customer_id`'s, unless None), and whether this request cancelled it."""
-    orders = await Orders.lock(session, [order_id])
+    orders = await Orders.lock(tx, [order_id])
     order = orders.find(order_id)
     if order is None or customer_id not in (None, order.customer_id):
         return None, False
@@ -105,12 +104,12 @@ async def cancel_order(
     return order, changed
 
 
-async def cancel_overdue(session: AsyncSession, limit: int = 100) -> int:
+async def cancel_overdue(tx: Transaction, limit: int = 100) -> int:
     """Cancel orders still pending or reserved past their deadline (reason `timeout`).
 
     Several replicas may sweep at once: each overdue order goes to one of them.
     """
-    orders, overdue = await Orders.overdue(session, limit)
+    orders, overdue = await Orders.overdue(tx, limit)
     sagas = await orders.traces() if overdue else {}
     for order in overdue:
         with continuing(

@@ -11,12 +11,11 @@ from typing import Self, get_args
 from prometheus_client import Counter
 from sqlalchemy import ARRAY, any_, bindparam, func, literal_column, select
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import CancelReason, Event, OrderCancelled, OrderCompleted
 from order_service.models import Order, Status
 from outbox import saga_traces
-from outbox.transaction import compiled
+from outbox.transaction import Transaction, compiled
 from outbox.unit import Rows, Unit, ids
 
 _ORDERS = Order.__table__.c
@@ -58,32 +57,32 @@ class Orders(Unit):
     """The orders one transaction works on, each locked (`FOR UPDATE`), so that the events,
     requests and sweeps that concern one order take turns."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        super().__init__(session)
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
         self.rows = Rows(Order)
         #: (outcome, reason) of each order this transaction ended: counted after its commit.
         self._ended: list[tuple[str, str]] = []
 
     @classmethod
-    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
-        return await cls.lock(session, ids(events))
+    async def load(cls, tx: Transaction, events: Sequence[Event]) -> Self:
+        return await cls.lock(tx, ids(events))
 
     @classmethod
-    async def lock(cls, session: AsyncSession, order_ids: Iterable[uuid.UUID]) -> Self:
-        orders = cls(session)
-        await orders.rows.load(session, _LOCK, {"ids": sorted(order_ids)})
+    async def lock(cls, tx: Transaction, order_ids: Iterable[uuid.UUID]) -> Self:
+        orders = cls(tx)
+        await orders.rows.load(tx, _LOCK, {"ids": sorted(order_ids)})
         return orders
 
     @classmethod
-    async def overdue(cls, session: AsyncSession, limit: int) -> tuple[Self, list[Order]]:
+    async def overdue(cls, tx: Transaction, limit: int) -> tuple[Self, list[Order]]:
         """Up to `limit` open orders past their deadline, locked; none that another sweeper holds."""
-        orders = cls(session)
-        found = await orders.rows.load(session, _OVERDUE, {"limit": limit})
+        orders = cls(tx)
+        found = await orders.rows.load(tx, _OVERDUE, {"limit": limit})
         return orders, found
 
     async def traces(self) -> dict[uuid.UUID, str]:
         """The trace each order's saga began in, for events staged outside it (a cancellation)."""
-        return await saga_traces(self.session, [order.order_id for order in self.rows])
+        return await saga_traces(self.tx, [order.order_id for order in self.rows])
 
     def find(self, order_id: uuid.UUID) -> Order | None:
         return self.rows.get(order_id)

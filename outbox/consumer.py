@@ -29,15 +29,15 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from contracts import Event, event_name
-from outbox import inbox, metrics, tracing, transaction
+from outbox import inbox, metrics, tracing
 from outbox.faults import crash_point
 from outbox.inbox import Delivery
 from outbox.manifest import Manifest
 from outbox.parsing import PoisonMessage, parse_event
 from outbox.topology import declare_queues
+from outbox.transaction import Pool
 from outbox.unit import Unit, begin
 from outbox.writer import Cause, current_cause
 
@@ -51,21 +51,22 @@ def parse(message: AbstractIncomingMessage, expected: type[Event]) -> Event:
 
 
 async def deliver(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    pool: Pool,
     manifest: Manifest,
     deliveries: Sequence[Delivery],
 ) -> list[bool]:
-    """Handle deliveries in one transaction: inbox claims and the service's unit loaded, the
-    handlers of the claimed ones in turn; then the unit's writes, the outbox rows and the commit
-    in one round trip. For each delivery, False if it was a duplicate. Tracing, each delivery
-    has a span of its own, a child of its message's `traceparent` (`outbox.tracing.Deliveries`).
+    """Handle deliveries in one transaction, on a connection of `pool`: inbox claims and the
+    service's unit loaded, the handlers of the claimed ones in turn; then the unit's writes, the
+    outbox rows and the commit in one round trip. For each delivery, False if it was a
+    duplicate. Tracing, each delivery has a span of its own, a child of its message's
+    `traceparent` (`outbox.tracing.Deliveries`).
 
     The consumer calls this for every batch; tests call it to deliver events in any order.
     """
     spans = tracing.deliveries(manifest.service, deliveries)
     try:
         with spans.transaction() if spans else contextlib.nullcontext():
-            first = await _deliver(sessionmaker, manifest, deliveries, spans)
+            first = await _deliver(pool, manifest, deliveries, spans)
     except BaseException as exc:
         if spans:
             spans.end(failed=exc)
@@ -76,17 +77,17 @@ async def deliver(
 
 
 async def _deliver(
-    sessionmaker: async_sessionmaker[AsyncSession],
+    pool: Pool,
     manifest: Manifest,
     deliveries: Sequence[Delivery],
     spans: tracing.Deliveries | None,
 ) -> list[bool]:
-    async with begin(sessionmaker) as session:
+    async with begin(pool) as tx:
         # The unit's first reads go with the claims, in one round trip: the rows of a duplicate
         # are loaded (and locked) for nothing, which is rare and harmless.
-        async with transaction.pipeline(session):
-            claims = await inbox.claim(session, deliveries)
-            unit = await manifest.unit.load(session, [delivery.event for delivery in deliveries])
+        async with tx.pipeline():
+            claims = await inbox.claim(tx, deliveries)
+            unit = await manifest.unit.load(tx, [delivery.event for delivery in deliveries])
             first = await claims.new()
         if spans:
             spans.claimed(first)
@@ -127,7 +128,7 @@ class Consumer:
     def __init__(
         self,
         manifest: Manifest,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        pool: Pool,
         *,
         max_attempts: int = 16,
         backoff_base_s: float = 0.05,
@@ -137,7 +138,7 @@ class Consumer:
         concurrency: int = 8,
     ) -> None:
         self.manifest = manifest
-        self._sessionmaker = sessionmaker
+        self._pool = pool
         self._max_attempts = max_attempts
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -215,9 +216,7 @@ class Consumer:
     async def _handle_batch(self, batch: list[_Received]) -> None:
         try:
             async with self._slots:
-                first = await deliver(
-                    self._sessionmaker, self.manifest, [r.delivery for r in batch]
-                )
+                first = await deliver(self._pool, self.manifest, [r.delivery for r in batch])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -275,7 +274,7 @@ class Consumer:
             attempt += 1
             try:
                 async with self._slots:
-                    [new] = await deliver(self._sessionmaker, self.manifest, [received.delivery])
+                    [new] = await deliver(self._pool, self.manifest, [received.delivery])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

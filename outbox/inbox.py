@@ -8,12 +8,10 @@ from collections.abc import Sequence
 from typing import NamedTuple, cast
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, event_name
-from outbox import transaction
 from outbox.tables import InboxMessage
-from outbox.transaction import BulkInsert
+from outbox.transaction import BulkInsert, Sent, Transaction
 
 _INBOX = cast(Table, InboxMessage.__table__)
 
@@ -51,7 +49,7 @@ class Delivery(NamedTuple):
 class Claims:
     """The claims of a batch, sent: `new()` says which deliveries were not handled before."""
 
-    def __init__(self, claims: Sequence[Delivery], sent: transaction.Sent) -> None:
+    def __init__(self, claims: Sequence[Delivery], sent: Sent) -> None:
         self._claims = claims
         self._sent = sent
 
@@ -68,7 +66,7 @@ class Claims:
         return first
 
 
-async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> Claims:
+async def claim(tx: Transaction, claims: Sequence[Delivery]) -> Claims:
     """Claim each delivery for its consumer; the claims commit with the handlers. In a pipeline,
     the statement travels with what is sent after it (the batch's first reads).
 
@@ -104,4 +102,4 @@ async def claim(session: AsyncSession, claims: Sequence[Delivery]) -> Claims:
                 "emitted_by": emitted_by,
             }
         )
-    return Claims(claims, await transaction.send(session, _CLAIM.sql, _CLAIM.params(rows)))
+    return Claims(claims, await tx.send(_CLAIM.sql, _CLAIM.params(rows)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import select as io_select
 from typing import Any
 
 import aio_pika
@@ -25,6 +24,7 @@ from outbox.relay import Relay, purge_expired
 from outbox.settings import MessagingSettings
 from outbox.tables import OutboxMessage
 from outbox.topology import declare_exchange
+from outbox.transaction import Pool, refuse_if_closed_by_server
 from outbox.writer import OutboxSession, session_info
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,25 @@ log = logging.getLogger(__name__)
 class Messaging:
     """Everything a service needs to take part in the saga, started and stopped by its lifespan.
 
-    HTTP routes and handlers get sessions from `sessionmaker`; events they stage with `outbox.add`
-    leave through the relay once their transaction commits. The broker connection is robust: it
-    reconnects by itself, and the consumer's queues and the relay's channel come back with it.
+    The consumer's transactions run on `pool`'s connections (no SQLAlchemy session on that path);
+    HTTP routes, the relay and the sweeps get sessions from `sessionmaker`. Events staged with
+    `outbox.add` or a unit's `emit` leave through the relay once their transaction commits. The
+    broker connection is robust: it reconnects by itself, and the consumer's queues and the
+    relay's channel come back with it.
     """
 
     def __init__(self, manifest: Manifest, settings: MessagingSettings) -> None:
         self.manifest = manifest
         self.settings = settings
-        # A fixed pool, sized for what runs at once (consumer transactions, the relay, HTTP
-        # requests, the sweeps): no overflow connections opened and closed under load.
+        # Two fixed pools that hold `db_pool_size` connections between them, sized for what runs
+        # at once: one per consumer transaction (bounded by `consumer_concurrency`), the rest for
+        # HTTP requests, the relay and the sweeps, at least two of them where the size allows (with
+        # one, every request waited for the relay's sweep). No overflow: none opened under load.
+        consumers = max(1, min(settings.consumer_concurrency, settings.db_pool_size - 2))
         self.engine: AsyncEngine = create_async_engine(
-            settings.database_url, pool_size=settings.db_pool_size, max_overflow=0
+            settings.database_url,
+            pool_size=max(1, settings.db_pool_size - consumers),
+            max_overflow=0,
         )
         event.listen(self.engine.sync_engine, "checkout", _drop_if_closed_by_server)
         self.sessionmaker = async_sessionmaker(
@@ -52,6 +59,13 @@ class Messaging:
             expire_on_commit=False,
             sync_session_class=OutboxSession,
             info=session_info(lambda staged: self.relay.hand_over(staged), manifest.emits),
+        )
+        self.pool = Pool(
+            settings.database_url,
+            consumers,
+            lambda staged: self.relay.hand_over(staged),
+            manifest.emits,
+            name=manifest.service,
         )
         self.relay = Relay(
             manifest.service,
@@ -64,11 +78,11 @@ class Messaging:
         )
         self.consumer = Consumer(
             manifest,
-            self.sessionmaker,
+            self.pool,
             max_attempts=settings.handler_max_attempts,
             workers=settings.consumer_workers,
             max_batch=settings.consumer_max_batch,
-            concurrency=settings.consumer_concurrency,
+            concurrency=self.pool.size,
         )
         metrics.expect(
             [event_name(event) for event in manifest.consumes],
@@ -79,6 +93,7 @@ class Messaging:
 
     async def start(self) -> None:
         """Connect (retrying until the broker answers) and start consumer, relay and purge."""
+        await self.pool.open()
         self._tasks.append(
             asyncio.create_task(self._run(), name=f"{self.manifest.service}-messaging")
         )
@@ -94,6 +109,11 @@ class Messaging:
         if self.connection is not None:
             with contextlib.suppress(Exception):
                 await self.connection.close()
+        await self.dispose()
+
+    async def dispose(self) -> None:
+        """Close the database connections, both pools'."""
+        await self.pool.close()
         await self.engine.dispose()
 
     async def _run(self) -> None:
@@ -201,20 +221,10 @@ class Messaging:
 
 
 def _drop_if_closed_by_server(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Checking a connection out of the pool: refuse one the server has closed meanwhile (a
-    terminated session, a restarted server), at no round trip.
-
-    An idle session receives nothing but notices; when the server ends it, its socket turns
-    readable and reading it fails. `pool_pre_ping` would catch the same with a `SELECT 1` on every
-    checkout, a round trip in each of the saga's transactions. A connection that dies at any other
-    moment fails its statement: consumers retry the delivery, HTTP answers 503 and clients retry.
-    """
-    pgconn = dbapi_connection.driver_connection.pgconn
+    """Checking a connection out of the engine's pool: refuse one the server has closed meanwhile,
+    at no round trip (`outbox.transaction.refuse_if_closed_by_server`; the consumer's pool does the
+    same)."""
     try:
-        for _ in range(3):
-            readable, _, _ = io_select.select([pgconn.socket], [], [], 0)
-            if not readable:
-                return
-            pgconn.consume_input()
+        refuse_if_closed_by_server(dbapi_connection.driver_connection.pgconn)
     except Exception as error:
         raise exc.DisconnectionError(str(error)) from error

@@ -31,8 +31,9 @@ class MessagingSettings(msgspec.Struct, kw_only=True, frozen=True):
     consumer_workers: int = 2
     #: Most deliveries in one transaction.
     consumer_max_batch: int = 64
-    #: Most consumer transactions at once (batches, and deliveries retried on their own); the
-    #: rest of the pool is left to HTTP requests, the relay and the sweeps.
+    #: Most consumer transactions at once (batches, and deliveries retried on their own): the
+    #: consumer's own pool of that many connections (at most `db_pool_size` - 2); the rest of
+    #: `db_pool_size` is the engine's, for HTTP requests, the relay and the sweeps.
     consumer_concurrency: int = 4
     relay_batch_size: int = 256
     relay_sweep_interval_s: float = 1.0

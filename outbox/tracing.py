@@ -26,13 +26,13 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
-from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import distinct_on
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ARRAY, Table, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import UUID, distinct_on
 
 from contracts import event_name
 from outbox.inbox import Delivery
 from outbox.tables import OutboxMessage
+from outbox.transaction import Transaction, compiled
 
 tracer = trace.get_tracer("outbox")
 _OUTBOX = cast(Table, OutboxMessage.__table__)
@@ -64,20 +64,22 @@ def enabled() -> bool:
     )
 
 
-async def saga_traces(
-    session: AsyncSession, order_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, str]:
+#: Built once: the first outbox row of each order, by id.
+_SAGA_TRACES = compiled(
+    select(_OUTBOX.c.order_id, _OUTBOX.c.traceparent)
+    .where(_OUTBOX.c.order_id == any_(bindparam("ids", type_=ARRAY(UUID(as_uuid=True)))))
+    .order_by(_OUTBOX.c.order_id, _OUTBOX.c.id)
+    .ext(distinct_on(_OUTBOX.c.order_id))
+)
+
+
+async def saga_traces(tx: Transaction, order_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each order's saga context: the traceparent its first outbox row recorded (order_service's
     OrderCreated, staged in the request that placed the order), while the row is retained."""
     if not order_ids:
         return {}
-    rows = await session.execute(
-        select(_OUTBOX.c.order_id, _OUTBOX.c.traceparent)
-        .where(_OUTBOX.c.order_id.in_(sorted(set(order_ids))))
-        .order_by(_OUTBOX.c.order_id, _OUTBOX.c.id)
-        .ext(distinct_on(_OUTBOX.c.order_id))
-    )
-    return {order_id: traceparent for order_id, traceparent in rows}
+    rows = await tx.rows(_SAGA_TRACES, {"ids": sorted(set(order_ids))})
+    return {row["order_id"]: row["traceparent"] for row in rows}
 
 
 def span_context(traceparent: str | None) -> SpanContext | None:

@@ -8,6 +8,10 @@ that share rows never deadlock. SQLAlchemy's ORM unit of work would do the same 
 several times the CPU per row (docs/performance.md): the models are still the ORM's declarative
 classes, used here as plain objects with their state transitions, and every statement is built
 once and sent straight to psycopg (`outbox.transaction`).
+
+A consumer's transaction (`begin`) runs on a connection of the service's `Pool`, with no
+SQLAlchemy session; an HTTP request's (`session`) on its session's connection, so that the
+route's ORM reads and its units share one transaction. Both commit the same way (`commit`).
 """
 
 from __future__ import annotations
@@ -20,20 +24,18 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import msgspec
 from sqlalchemy import Table
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
 
 from contracts import Event
 from outbox import transaction
-from outbox.transaction import BulkInsert
-from outbox.writer import OutboxSession, add, insert_staged
+from outbox.transaction import BulkInsert, Pool, Sent, Transaction
+from outbox.writer import add, insert_staged
 
 M = TypeVar("M")
 
 
 class Unit:
-    """Base of each service's unit: the session of the transaction, and `emit` for its events.
+    """Base of each service's unit: its transaction, and `emit` for its events.
 
     A service's unit names what it holds (`Stock.reservations`, `Stock.products`), loads it in
     `load` for the events of a batch, and writes it back in `save`, which `commit` calls. Handlers
@@ -41,29 +43,29 @@ class Unit:
     database.
     """
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-        transaction.register(session, self)
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        tx.register(self)
 
     @classmethod
-    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
+    async def load(cls, tx: Transaction, events: Sequence[Event]) -> Self:
         """The unit for a batch of `events`, with every row their handlers need, locked. This
         base loads nothing."""
-        return cls(session)
+        return cls(tx)
 
     async def save(self) -> None:
         """Write back what the handlers changed or added: each `Rows` of the unit, in the order
         they were declared. `commit` calls it."""
         for rows in vars(self).values():
             if isinstance(rows, Rows):
-                await rows.save(self.session)
+                await rows.save(self.tx)
 
     def unsaved(self) -> bool:
         return any(isinstance(rows, Rows) and rows.changed() for rows in vars(self).values())
 
     def emit(self, event: Event) -> None:
         """Stage `event` in this transaction's outbox: published once the transaction commits."""
-        add(self.session, event)
+        add(self.tx, event)
 
     def committed(self) -> None:
         """Called once the transaction has committed, never after a rollback: what its handlers
@@ -87,13 +89,13 @@ class Rows(Generic[M]):
         self._loaded: dict[Any, bytes] = {}
 
     async def load(
-        self, session: AsyncSession, sql: str, params: Mapping[str, Any] | None = None
+        self, tx: Transaction, sql: str, params: Mapping[str, Any] | None = None
     ) -> list[M]:
         """Run `sql` (a select of this table's columns, `transaction.compiled`) and keep its rows
         as models; returns them."""
-        return await self.take(await transaction.send(session, sql, params))
+        return await self.take(await tx.send(sql, params))
 
-    async def take(self, sent: transaction.Sent) -> list[M]:
+    async def take(self, sent: Sent) -> list[M]:
         """Keep the rows of a select sent earlier (`load_together`) as models; returns them."""
         found = []
         for values in await sent.rows():
@@ -124,11 +126,11 @@ class Rows(Generic[M]):
             if self._loaded.get(key) != self._snapshot(model)
         ]
 
-    async def save(self, session: AsyncSession) -> int:
+    async def save(self, tx: Transaction) -> int:
         """Upsert the changed rows in one statement; returns how many."""
         rows = self.changed()
         if rows:
-            await transaction.execute(session, self._upsert.sql, self._upsert.params(rows))
+            await tx.execute(self._upsert.sql, self._upsert.params(rows))
             for key, model in self._objects.items():
                 self._loaded[key] = self._snapshot(model)
         return len(rows)
@@ -142,20 +144,12 @@ class Rows(Generic[M]):
         return self._encoder.encode(tuple(getattr(model, name) for name in self._columns))
 
 
-async def load_together(
-    session: AsyncSession, *loads: tuple[Rows[Any], str, Mapping[str, Any]]
-) -> None:
+async def load_together(tx: Transaction, *loads: tuple[Rows[Any], str, Mapping[str, Any]]) -> None:
     """Several `Rows.load`s whose statements are all sent before any is read: in a pipeline, they
     travel in one round trip."""
-    sent = [(rows, await transaction.send(session, sql, params)) for rows, sql, params in loads]
+    sent = [(rows, await tx.send(sql, params)) for rows, sql, params in loads]
     for rows, statement in sent:
         await rows.take(statement)
-
-
-@sa_event.listens_for(OutboxSession, "after_commit")
-def _units_committed(session: Session) -> None:
-    for unit in transaction.units(session):
-        unit.committed()
 
 
 @functools.cache
@@ -164,24 +158,42 @@ def _upsert(table: Table) -> BulkInsert:
 
 
 @contextlib.asynccontextmanager
-async def begin(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """A transaction of the saga's hot path: its units and events are written back, and it
-    commits, in one round trip (`commit`); it rolls back if the body raises."""
-    async with sessionmaker() as session, session.begin():
-        yield session
-        await commit(session)
+async def begin(pool: Pool) -> AsyncIterator[Transaction]:
+    """A transaction of the saga's hot path, on a connection of `pool`: its units and events are
+    written back, and it commits, in one round trip (`commit`); it rolls back if the body raises.
+    Once it committed, the relay gets its events and its units are told (`committed`), before
+    the connection goes back: a cancel while it goes back cannot skip the hand-over."""
+    async with pool.connection() as connection:
+        tx = Transaction(connection, pool.emits)
+        yield tx
+        await commit(tx)
+        tx.committed(pool.hand_over)
 
 
-async def commit(session: AsyncSession) -> None:
+@contextlib.asynccontextmanager
+async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """An HTTP request's transaction: a session whose `Transaction` (`outbox.transaction.of`) is
+    on the session's own connection, so that the units of a route and its ORM reads and writes
+    commit together, the same way as `begin`'s."""
+    async with sessionmaker() as opened, opened.begin():
+        raw = await (await opened.connection()).get_raw_connection()
+        assert raw.driver_connection is not None
+        tx = Transaction(raw.driver_connection, transaction.emits_of(opened))
+        transaction.attach(opened, tx)
+        yield opened
+        await opened.flush()  # ORM changes (the route's), if any, go first
+        await commit(tx)
+        # The session's own commit, right after, hands the events over (`outbox.writer`).
+
+
+async def commit(tx: Transaction) -> None:
     """Write back the transaction's units, insert its staged events as outbox rows, and commit,
-    all in one round trip. The session's own commit, after this, hands the events to the relay."""
-    await session.flush()  # ORM changes (the HTTP API's), if any, go first
-    pg = await transaction.connection(session)
-    async with pg.pipeline():
-        for unit in transaction.units(session):
+    all in one round trip."""
+    async with tx.pipeline():
+        for unit in tx.units:
             await unit.save()
-        await insert_staged(session)
-        await pg.commit()
+        await insert_staged(tx)
+        await tx.connection.commit()
 
 
 def ids(events: Sequence[Event]) -> list[uuid.UUID]:

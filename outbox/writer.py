@@ -15,18 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from contracts import Event, encode, event_name
-from outbox import transaction
 from outbox.tables import OutboxMessage
 
 # child_traceparent is re-exported: tests and the benchmark make traceparents with it from here.
 from outbox.tracing import child_traceparent as child_traceparent
 from outbox.tracing import traceparent_for
-from outbox.transaction import BulkInsert
+from outbox.transaction import BulkInsert, Transaction, current, detach, hand_over_of, of
+from outbox.transaction import session_info as session_info  # where services and tests take it
 
-_HAND_OVER = "outbox.hand_over"
-_EMITS = "outbox.emits"
-_STAGED = "outbox.staged"
-_COMMITTING = "outbox.committing"
 _OUTBOX = cast(Table, OutboxMessage.__table__)
 #: Built once: every event of a transaction in one statement, whatever their number.
 _INSERT = BulkInsert(_OUTBOX, exclude=("id", "published_at"))
@@ -64,64 +60,52 @@ current_cause: contextvars.ContextVar[Cause | None] = contextvars.ContextVar(
 
 class OutboxSession(Session):
     """Session class whose commits write the staged events as outbox rows, then hand them to the
-    relay."""
+    relay (for a session committed without `outbox.unit.commit`: a test, a tool)."""
 
 
-async def insert_staged(session: AsyncSession) -> None:
+async def insert_staged(transaction: Transaction) -> None:
     """The transaction's staged events, as outbox rows: one statement, sent before the commit."""
-    staged: list[Staged] | None = session.info.pop(_STAGED, None)
+    staged, transaction.staged = transaction.staged, []
     if staged:
-        await transaction.execute(
-            session, _INSERT.sql, _INSERT.params([s._asdict() for s in staged])
-        )
-        session.info.setdefault(_COMMITTING, []).extend(staged)
+        await transaction.execute(_INSERT.sql, _INSERT.params([s._asdict() for s in staged]))
+        transaction.inserted.extend(staged)
 
 
 @sa_event.listens_for(OutboxSession, "before_commit")
 def _before_commit(session: Session) -> None:
-    """A session committed without `outbox.unit.commit` (a test, a tool): its staged events still
-    become outbox rows, through SQLAlchemy; a unit it did not save is a bug."""
-    for unit in transaction.units(session):
+    """A session committed without `outbox.unit.commit`: its staged events still become outbox
+    rows, through SQLAlchemy; a unit it did not save is a bug."""
+    found = current(session)
+    if found is None:
+        return
+    for unit in found.units:
         if unit.unsaved():
             raise RuntimeError(
-                f"{type(unit).__name__} changed but not saved: commit with outbox.commit"
+                f"{type(unit).__name__} changed but not saved: commit with outbox.unit.commit"
             )
-    staged: list[Staged] | None = session.info.pop(_STAGED, None)
+    staged, found.staged = found.staged, []
     if staged:
         session.execute(insert(_OUTBOX), [row._asdict() for row in staged])
-        session.info.setdefault(_COMMITTING, []).extend(staged)
+        found.inserted.extend(staged)
 
 
 @sa_event.listens_for(OutboxSession, "after_commit")
 def _hand_over(session: Session) -> None:
     """The rows are committed: the relay may publish them at once, without reading them back."""
-    staged: list[Staged] | None = session.info.pop(_COMMITTING, None)
-    if staged:
-        hand_over: HandOver | None = session.info.get(_HAND_OVER)
-        if hand_over is not None:
-            hand_over(staged)
-
-
-@sa_event.listens_for(OutboxSession, "after_rollback")
-def _forget_staged(session: Session) -> None:
-    session.info.pop(_STAGED, None)
-    session.info.pop(_COMMITTING, None)
+    found = current(session)
+    if found is not None:
+        found.committed(hand_over_of(session))
 
 
 @sa_event.listens_for(OutboxSession, "after_transaction_end")
 def _forget_transaction(session: Session, ended: SessionTransaction) -> None:
     if ended.parent is None:  # the transaction itself, not a flush inside it
-        transaction.forget(session)
+        detach(session)
 
 
-def session_info(hand_over: HandOver, emits: tuple[type[Event], ...]) -> dict[str, object]:
-    """The `info` a service's sessionmaker carries: where committed events go (the relay's
-    `hand_over`), which events it may emit."""
-    return {_HAND_OVER: hand_over, _EMITS: frozenset(emits)}
-
-
-def add(session: AsyncSession, event: Event) -> None:
-    """Stage `event` in the session's transaction; it is published only if that transaction commits.
+def add(to: Transaction | AsyncSession, event: Event) -> None:
+    """Stage `event` in a transaction (or a session's, `outbox.transaction.of`); it is published
+    only if that transaction commits.
 
     Its outbox row is inserted as the transaction commits, with every other event it staged, in one
     statement (see docs/performance.md). The outgoing message records the message being handled,
@@ -129,11 +113,12 @@ def add(session: AsyncSession, event: Event) -> None:
     its trace context (`outbox.tracing.traceparent_for`). Staging an event the service does not
     declare in its manifest is a bug.
     """
-    emits = session.info.get(_EMITS)
+    transaction = to if isinstance(to, Transaction) else of(to)
+    emits = transaction.emits
     if emits is not None and type(event) not in emits:
         raise ValueError(f"{event_name(event)} is not in this service's EMITS")
     cause = current_cause.get()
-    session.info.setdefault(_STAGED, []).append(
+    transaction.staged.append(
         Staged(
             event_id=event.event_id,
             event_type=event_name(event),

@@ -9,10 +9,9 @@ from typing import Self
 
 from sqlalchemy import ARRAY, String, any_, bindparam, select
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Event, OrderCancelled, StockReserved
-from outbox.transaction import compiled
+from outbox.transaction import Transaction, compiled
 from outbox.unit import Rows, Unit, ids, load_together
 from payment_service.models import Account, Payment
 
@@ -38,19 +37,19 @@ _LOCK_ACCOUNTS = compiled(
 class Ledger(Unit):
     """The orders' payments and their customers' accounts, each locked."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        super().__init__(session)
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
         self.payments = Rows(Payment)
         self.accounts = Rows(Account)
 
     @classmethod
-    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Self:
+    async def load(cls, tx: Transaction, events: Sequence[Event]) -> Self:
         """Every event payment_service consumes names the order's customer: their accounts are
         the ones a charge or a refund may touch. Both statements go out together."""
-        ledger = cls(session)
+        ledger = cls(tx)
         customers = {e.customer_id for e in events if isinstance(e, StockReserved | OrderCancelled)}
         await load_together(
-            session,
+            tx,
             (ledger.payments, _LOCK_PAYMENTS, {"ids": ids(events)}),
             (ledger.accounts, _LOCK_ACCOUNTS, {"customers": sorted(customers)}),
         )

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from outbox.faults import crash_point
 from outbox.runtime import Messaging
 from outbox.tables import IdempotencyKey
-from outbox.unit import begin
+from outbox.unit import session
 from web import auth, migrations, tracing
 from web.settings import ServiceSettings
 
@@ -41,8 +41,8 @@ async def provide_transaction(state: State) -> AsyncGenerator[AsyncSession, None
     is sent; an integrity error (a duplicate key) becomes 409."""
     messaging: Messaging = state.messaging
     try:
-        async with begin(messaging.sessionmaker) as session:
-            yield session
+        async with session(messaging.sessionmaker) as opened:
+            yield opened
     except (IntegrityError, psycopg.IntegrityError) as exc:
         raise ClientException(status_code=409, detail="conflicts with existing data") from exc
     crash_point("http.after_commit")

@@ -28,7 +28,6 @@ from outbox.consumer import deliver
 from outbox.inbox import Delivery, lock_key
 from outbox.manifest import dead_letter_queue
 from outbox.tables import InboxMessage
-from outbox.unit import begin
 from tests.support import probe
 from tests.support.services import crashed, handled, stop_messaging
 from tools.postgres import libpq
@@ -241,8 +240,8 @@ async def test_two_batches_that_want_the_same_orders_in_opposite_orders_take_tur
         for key in keys:
             await blocker.execute("SELECT pg_advisory_lock(%s)", [key])
         both = asyncio.gather(
-            deliver(inventory.sessionmaker, INVENTORY, ahead),
-            deliver(inventory.sessionmaker, INVENTORY, behind),
+            deliver(inventory.pool, INVENTORY, ahead),
+            deliver(inventory.pool, INVENTORY, behind),
         )
         await eventually(lambda: _waiting(inventory, 2))
         for key in reversed(keys):
@@ -264,8 +263,8 @@ async def test_two_batches_that_want_the_same_products_in_opposite_orders_take_t
         await holders[sku].execute("SELECT 1 FROM products WHERE sku = %s FOR UPDATE", [sku])
     try:
         both = asyncio.gather(
-            deliver(inventory.sessionmaker, INVENTORY, ahead),
-            deliver(inventory.sessionmaker, INVENTORY, behind),
+            deliver(inventory.pool, INVENTORY, ahead),
+            deliver(inventory.pool, INVENTORY, behind),
         )
         await eventually(lambda: _waiting(inventory, 2))
         for sku in ("mug", "cup"):
@@ -290,14 +289,14 @@ async def test_batches_under_load_on_two_replicas_never_deadlock(
             ahead = [_created(o, skus[i % 4], skus[3 - i % 4]) for i, o in enumerate(orders)]
             behind = [_failed(o) if i % 2 else _cancelled(o) for i, o in enumerate(orders)][::-1]
             ran = await asyncio.gather(
-                deliver(inventory.sessionmaker, INVENTORY, ahead),
-                deliver(replica.sessionmaker, INVENTORY, behind),
+                deliver(inventory.pool, INVENTORY, ahead),
+                deliver(replica.pool, INVENTORY, behind),
             )
             assert ran == [[True] * 10, [True] * 10]
     finally:
-        await replica.engine.dispose()
+        await replica.dispose()
     assert await _stock(inventory) == {"cup": 0, "jar": 0, "mug": 0, "pot": 0}
-    await inventory.engine.dispose()  # the sessions flush their statistics as they end
+    await inventory.dispose()  # the sessions flush their statistics as they end
     assert _deadlocks(servers, inventory.settings.database_url) == deadlocks_before
 
 
@@ -307,11 +306,11 @@ async def inventory(migrated_database) -> AsyncIterator[Messaging]:
     plenty of four products."""
     url = await migrated_database(INVENTORY.service)
     messaging = Messaging(INVENTORY, InventorySettings(database_url=url, db_pool_size=4))
-    async with begin(messaging.sessionmaker) as session:
+    async with messaging.sessionmaker.begin() as session:
         for sku in ("cup", "jar", "mug", "pot"):
             session.add(Product(sku=sku, name=sku, price_cents=100, on_hand=10**6, reserved=0))
     yield messaging
-    await messaging.engine.dispose()
+    await messaging.dispose()
 
 
 def _created(order_id: uuid.UUID, *skus: str) -> Delivery:

@@ -33,7 +33,7 @@ async def race(manifest: Manifest, messaging: Messaging, *events: Event) -> list
     ran = await asyncio.gather(
         *(
             deliver(
-                messaging.sessionmaker,
+                messaging.pool,
                 manifest,
                 [Delivery(manifest.queue_for(type(event)), event)],
             )
@@ -77,7 +77,7 @@ async def test_order_created_racing_its_cancellation_reserves_nothing_in_the_end
             assert mug is not None
             assert (mug.on_hand, mug.reserved) == (RACES, 0)
     finally:
-        await inventory.engine.dispose()
+        await inventory.dispose()
 
 
 async def test_a_charge_racing_the_orders_cancellation_leaves_no_money_taken(migrated_database):
@@ -108,4 +108,4 @@ async def test_a_charge_racing_the_orders_cancellation_leaves_no_money_taken(mig
             assert account is not None
             assert account.balance_cents == 10_000
     finally:
-        await payment.engine.dispose()
+        await payment.dispose()

@@ -23,7 +23,8 @@ from harness.wait import eventually
 from order_service import handlers
 from order_service.app import create_app
 from order_service.settings import Settings as OrderSettings
-from outbox.unit import begin
+from outbox import transaction
+from outbox.unit import session
 from tests.support.broker import Broker
 from tools.tokens import Tokens, new_secret
 from web.server import JsonFormatter
@@ -180,8 +181,8 @@ async def test_an_ended_order_is_counted_by_reason_once_its_transaction_commits_
     sessionmaker = order_app.app.state.messaging.sessionmaker
 
     async def cancel_then_roll_back() -> None:
-        async with begin(sessionmaker) as session:
-            _, cancelled = await handlers.cancel_order(session, order_id)
+        async with session(sessionmaker) as opened:
+            _, cancelled = await handlers.cancel_order(transaction.of(opened), order_id)
             assert cancelled
             raise RuntimeError("rolled back")
 

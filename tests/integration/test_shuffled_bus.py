@@ -210,6 +210,7 @@ def runner() -> Iterator[asyncio.Runner]:
 def services(servers: Servers, runner: asyncio.Runner) -> Iterator[dict[str, Service]]:
     urls: list[str] = []
     engines: list[AsyncEngine] = []
+    built: dict[str, Service] = {}
     try:
         for manifest in MANIFESTS:
             urls.append(create_database(servers.postgres_admin_url, manifest.service))
@@ -218,11 +219,14 @@ def services(servers: Servers, runner: asyncio.Runner) -> Iterator[dict[str, Ser
         # times faster and changes nothing it checks (these sessions only; the server is shared).
         options = {"options": "-c synchronous_commit=off"}
         engines = [create_async_engine(url, pool_size=2, connect_args=options) for url in urls]
-        yield {
-            manifest.service: Service(manifest, engine)
+        built = {
+            manifest.service: Service(manifest, engine, options)
             for manifest, engine in zip(MANIFESTS, engines, strict=True)
         }
+        yield built
     finally:
+        for service in built.values():
+            runner.run(service.pool.close())
         for engine in engines:
             runner.run(engine.dispose())
         for url in urls:
@@ -263,8 +267,8 @@ async def set_up(services: dict[str, Service], scenario: Scenario) -> World:
             if balance > 0:
                 session.add(account.deposit(balance))
     lines = [(skus[shelf], quantity) for shelf, quantity in scenario.lines]
-    async with begin(services[ORDER.service].sessionmaker) as session:
-        order, _ = order_handlers.place_order(Orders(session), customer_id, lines, 30.0)
+    async with begin(services[ORDER.service].pool) as tx:
+        order, _ = order_handlers.place_order(Orders(tx), customer_id, lines, 30.0)
     return World(skus, customer_id, order.order_id)
 
 
@@ -273,8 +277,8 @@ async def set_up(services: dict[str, Service], scenario: Scenario) -> World:
 
 async def cancel_by_customer(order_service: Service, order_id: uuid.UUID) -> None:
     """What `POST /orders/{id}/cancel` does."""
-    async with begin(order_service.sessionmaker) as session:
-        order, _ = await order_handlers.cancel_order(session, order_id)
+    async with begin(order_service.pool) as tx:
+        order, _ = await order_handlers.cancel_order(tx, order_id)
         assert order is not None
 
 
@@ -286,8 +290,8 @@ async def pass_deadline(order_service: Service, order_id: uuid.UUID) -> None:
             .where(Order.order_id == order_id)
             .values(deadline_at=func.now() - timedelta(seconds=1))
         )
-    async with begin(order_service.sessionmaker) as session:
-        await order_handlers.cancel_overdue(session)
+    async with begin(order_service.pool) as tx:
+        await order_handlers.cancel_overdue(tx)
 
 
 async def intervene(bus: Bus, reason: str) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -25,6 +25,7 @@ from contracts import Event, decode, event_name
 from outbox import Manifest, inbox
 from outbox.consumer import deliver
 from outbox.tables import OutboxMessage
+from outbox.transaction import Pool
 from outbox.writer import OutboxSession, session_info
 
 E = TypeVar("E", bound=Event)
@@ -35,9 +36,18 @@ class Service:
     built like `outbox.Messaging` builds them. A commit that staged events wakes the service, as
     it would wake its relay."""
 
-    def __init__(self, manifest: Manifest, engine: AsyncEngine) -> None:
+    def __init__(
+        self, manifest: Manifest, engine: AsyncEngine, connect_args: Mapping[str, Any]
+    ) -> None:
         self.manifest = manifest
         self.woken = False
+        self.pool = Pool(
+            engine.url.render_as_string(hide_password=False),
+            2,
+            self._wake,
+            manifest.emits,
+            connect_args=connect_args,
+        )
         self.sessionmaker = async_sessionmaker(
             engine,
             expire_on_commit=False,
@@ -145,7 +155,7 @@ class Bus:
                 break
             batch.append(self._take(lambda d: d.service is service))
         ran = await deliver(
-            service.sessionmaker,
+            service.pool,
             service.manifest,
             [inbox.Delivery(d.consumer, d.event, d.emitted_by) for d in batch],
         )

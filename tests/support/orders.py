@@ -8,8 +8,8 @@ from contracts import Item, OrderCreated, StockReserved
 from order_service import handlers
 from order_service.models import Order
 from order_service.store import Orders
-from outbox import Messaging
-from outbox.unit import begin
+from outbox import Messaging, transaction
+from outbox.unit import session
 
 
 async def place_order(
@@ -18,8 +18,8 @@ async def place_order(
     items: tuple[tuple[str, int], ...] = (("widget", 2),),
 ) -> tuple[Order, OrderCreated]:
     """What `POST /orders` does: the order and its OrderCreated, committed together."""
-    async with begin(messaging.sessionmaker) as session:
-        return handlers.place_order(Orders(session), customer_id, items, 300.0)
+    async with session(messaging.sessionmaker) as opened:
+        return handlers.place_order(Orders(transaction.of(opened)), customer_id, items, 300.0)
 
 
 def stock_reserved(order: Order, unit_price_cents: int = 1250) -> StockReserved:

@@ -54,7 +54,7 @@ async def stop_messaging(messaging: Messaging) -> None:
         if messaging.connection is not None:
             with contextlib.suppress(Exception):
                 await messaging.connection.close()
-        await messaging.engine.dispose()
+        await messaging.dispose()
 
 
 def crashed(messaging: Messaging) -> bool:

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from contracts import Event, event_name
-from outbox import Handler, Manifest, MessagingSettings, local_database_url, transaction
-from outbox.transaction import BulkInsert
+from outbox import Handler, Manifest, MessagingSettings, local_database_url
+from outbox.transaction import BulkInsert, Transaction
 from outbox.unit import Unit
 
 SERVICE = "probe_service"
@@ -78,20 +78,20 @@ GATES: dict[uuid.UUID, Gate] = {}
 class Effects(Unit):
     """What a probe transaction writes: one effect per handler run, inserted before it commits."""
 
-    def __init__(self, session: AsyncSession) -> None:
-        super().__init__(session)
+    def __init__(self, tx: Transaction) -> None:
+        super().__init__(tx)
         self.recorded: list[dict[str, object]] = []
 
     @classmethod
-    async def load(cls, session: AsyncSession, events: Sequence[Event]) -> Effects:
+    async def load(cls, tx: Transaction, events: Sequence[Event]) -> Effects:
         for event in events:
             if event.order_id in GATES:
                 await GATES[event.order_id].wait(events)
-        return cls(session)
+        return cls(tx)
 
     async def save(self) -> None:
         if self.recorded:
-            await transaction.execute(self.session, _RECORD.sql, _RECORD.params(self.recorded))
+            await self.tx.execute(_RECORD.sql, _RECORD.params(self.recorded))
             self.recorded.clear()
 
     def unsaved(self) -> bool:
