@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import aio_pika
@@ -25,7 +26,7 @@ from outbox.settings import MessagingSettings
 from outbox.tables import OutboxMessage
 from outbox.topology import declare_exchange
 from outbox.transaction import Pool, refuse_if_closed_by_server
-from outbox.writer import OutboxSession, session_info
+from outbox.writer import OutboxSession, Staged, session_info
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ class Messaging:
             self.engine,
             expire_on_commit=False,
             sync_session_class=OutboxSession,
-            info=session_info(lambda staged: self.relay.hand_over(staged), manifest.emits),
+            info=session_info(self._hand_over, manifest.emits),
         )
         self.pool = Pool(
             settings.database_url,
             consumers,
-            lambda staged: self.relay.hand_over(staged),
+            self._hand_over,
             manifest.emits,
             name=manifest.service,
         )
@@ -90,6 +91,10 @@ class Messaging:
         )
         self.connection: AbstractRobustConnection | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _hand_over(self, staged: Iterable[Staged]) -> None:
+        """Where both pools' committed events go: the relay (made after the pools)."""
+        self.relay.hand_over(staged)
 
     async def start(self) -> None:
         """Connect (retrying until the broker answers) and start consumer, relay and purge."""
