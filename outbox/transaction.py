@@ -6,8 +6,9 @@ The statements of the hot path (inbox claims, the units' loads and writes, the o
 built once with SQLAlchemy Core or from the tables' metadata, compiled once, and sent straight to
 psycopg: SQLAlchemy's execution machinery costs more CPU per statement than the statement itself,
 and an AsyncSession (its greenlet hops, its pool's checkout and reset, its events) as much again
-as the statements (docs/performance.md). `outbox.unit.commit` sends the units' writes, the outbox
-rows and the `COMMIT` together, in one round trip (psycopg's pipeline mode). An HTTP request's
+as the statements (docs/performance.md). A consumer's transaction is one psycopg pipeline on an
+autocommit connection, with no `BEGIN` and no `COMMIT`: PostgreSQL commits what a pipeline sent at
+its Sync (`outbox.unit.begin`). An HTTP request's
 transaction is a session's (`outbox.unit.session`): its ORM reads and writes and its units share
 the session's connection, through the same `Transaction`.
 """
@@ -90,8 +91,12 @@ class Transaction:
         self,
         connection: psycopg.AsyncConnection[Any] | None,
         emits: frozenset[type[Event]] | None = None,
+        *,
+        pipelined: bool = False,
     ) -> None:
         self._connection = connection
+        #: The whole transaction is one pipeline (`outbox.unit.begin`), which its end commits.
+        self.pipelined = pipelined
         #: The events this service may emit (its manifest's), if it says.
         self.emits = emits
         self.units: list[Saves] = []
@@ -125,7 +130,10 @@ class Transaction:
 
     def pipeline(self) -> contextlib.AbstractAsyncContextManager[Any]:
         """Statements sent in the block wait for their answers together: one round trip for all
-        the statements sent before the first rows are read, another for the rest."""
+        the statements sent before the first rows are read, another for the rest. A transaction
+        that is a pipeline already (`pipelined`) stays one: a pipeline's end would commit it."""
+        if self.pipelined:
+            return contextlib.nullcontext()
         return self.connection.pipeline()
 
     def committed(self, hand_over: HandOver | None) -> None:
@@ -181,7 +189,8 @@ class Pool:
     """The psycopg connections of the saga's hot path: `size` of them, opened once and kept (no
     overflow, none recycled), each refused at checkout if the server has closed it
     (`refuse_if_closed_by_server`); where committed events go (`hand_over`), which ones the
-    service may emit (`emits`).
+    service may emit (`emits`). Its connections are in autocommit: each transaction on them is one
+    pipeline, committed at its end (`outbox.unit.begin`).
 
     Its users never hold more transactions at once than it has connections (the consumer's
     concurrency is its size), so a checkout waits only while connections are being reopened: one
@@ -205,7 +214,8 @@ class Pool:
         self.emits = frozenset(emits) if emits is not None else None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             conninfo.render_as_string(hide_password=False),
-            kwargs=dict(connect_args or {}),
+            # Autocommit: a transaction is a pipeline, committed at its Sync (`outbox.unit.begin`).
+            kwargs={**(connect_args or {}), "autocommit": True},
             min_size=size,
             max_size=size,
             open=False,

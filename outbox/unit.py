@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import msgspec
+import psycopg
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -159,15 +160,42 @@ def _upsert(table: Table) -> BulkInsert:
 
 @contextlib.asynccontextmanager
 async def begin(pool: Pool) -> AsyncIterator[Transaction]:
-    """A transaction of the saga's hot path, on a connection of `pool`: its units and events are
-    written back, and it commits, in one round trip (`commit`); it rolls back if the body raises.
-    Once it committed, the relay gets its events and its units are told (`committed`), before
-    the connection goes back: a cancel while it goes back cannot skip the hand-over."""
+    """A transaction of the saga's hot path, on a connection of `pool`, sent as one pipeline with
+    no `BEGIN` and no `COMMIT`: PostgreSQL runs what a pipeline sends up to its Sync as one
+    transaction, and commits it at that Sync, which psycopg sends as the pipeline ends (the
+    protocol's "Pipelining"). Its statements travel in as few round trips as its reads allow:
+    those sent before the first rows are read together (the inbox claims and the unit's first
+    loads), then the units' writes and the outbox rows with the Sync (`write_back`).
+
+    If the body raises, a `ROLLBACK` goes ahead of the Sync (`_abandon`): a Sync after a failure
+    would commit the claims without their handlers' effects. Once it committed, the relay gets its
+    events and its units are told (`committed`), before the connection goes back: a cancel while
+    it goes back cannot skip the hand-over."""
     async with pool.connection() as connection:
-        tx = Transaction(connection, pool.emits)
-        yield tx
-        await commit(tx)
+        tx = Transaction(connection, pool.emits, pipelined=True)
+        async with connection.pipeline():
+            try:
+                yield tx
+                await write_back(tx)
+            except BaseException as failed:
+                await _abandon(connection, failed)
+                raise
         tx.committed(pool.hand_over)
+
+
+async def _abandon(connection: psycopg.AsyncConnection[Any], failed: BaseException) -> None:
+    """Make sure that the Sync ending a failed pipeline commits nothing: a `ROLLBACK` queued ahead
+    of it ends the transaction there (and the server skips it if a statement failed already: the
+    Sync then ends an aborted transaction). After a cancel or a crash, or if the `ROLLBACK`
+    cannot be sent, the connection is closed instead: a server whose session ends rolls back."""
+    if isinstance(failed, Exception) and not connection.closed:
+        try:
+            await connection.execute("ROLLBACK")
+        except BaseException:
+            await connection.close()
+            raise
+        return
+    await connection.close()
 
 
 @contextlib.asynccontextmanager
@@ -187,13 +215,19 @@ async def session(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIterat
 
 
 async def commit(tx: Transaction) -> None:
-    """Write back the transaction's units, insert its staged events as outbox rows, and commit,
-    all in one round trip."""
+    """An HTTP request's transaction: its writes (`write_back`) and its `COMMIT`, in one round
+    trip."""
     async with tx.pipeline():
-        for unit in tx.units:
-            await unit.save()
-        await insert_staged(tx)
+        await write_back(tx)
         await tx.connection.commit()
+
+
+async def write_back(tx: Transaction) -> None:
+    """Write back the transaction's units and insert its staged events as outbox rows (sent, in a
+    pipeline, with what follows)."""
+    for unit in tx.units:
+        await unit.save()
+    await insert_staged(tx)
 
 
 def ids(events: Sequence[Event]) -> list[uuid.UUID]:

@@ -1,6 +1,8 @@
 """The consumer's pool (`outbox.transaction.Pool`) against a real PostgreSQL server: a cancel is
 never lost on the way in or out, and a connection the server dropped, or left in a failed
-transaction, is never handed out as it is."""
+transaction, is never handed out as it is. And its transactions (`outbox.unit.begin`: one
+pipeline, committed at its Sync, with no BEGIN and no COMMIT): all or nothing, whichever way
+their block ends."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import psycopg
 import pytest
 
 from harness.wait import eventually
-from outbox.transaction import Pool
+from outbox.transaction import Pool, Transaction
+from outbox.unit import begin
 from tools.postgres import libpq
 
 #: Linux's tcp_states.h.
@@ -121,6 +124,91 @@ async def test_a_failed_transaction_is_rolled_back_and_its_connection_kept(pool:
     async with pool.connection() as again:
         assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         assert await _backend(again) == pid
+
+
+@pytest.fixture
+async def notes(pool: Pool) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A table `notes` in the pool's database, and a session of its own to look at it from
+    outside the pool's transactions."""
+    async with pool.connection() as connection:
+        await connection.execute("CREATE TABLE notes (n int PRIMARY KEY)")
+    async with await psycopg.AsyncConnection.connect(pool._pool.conninfo, autocommit=True) as other:
+        yield other
+
+
+async def _noted(other: psycopg.AsyncConnection) -> list[int]:
+    cursor = await other.execute("SELECT n FROM notes ORDER BY n")
+    return [n for (n,) in await cursor.fetchall()]
+
+
+async def _note(tx: Transaction, n: int) -> None:
+    """Insert a note and read the table back within the transaction: a round trip, as a
+    consumer's claims and loads make before its handlers run."""
+    await tx.execute("INSERT INTO notes VALUES (%(n)s)", {"n": n})
+    assert n in [row["n"] for row in await tx.rows("SELECT n FROM notes")]
+
+
+async def test_a_transaction_is_all_seen_at_once_when_its_block_ends(
+    pool: Pool, notes: psycopg.AsyncConnection
+) -> None:
+    # The connection is in autocommit: were each statement its own transaction, the first note
+    # would show before the block ends.
+    async with begin(pool) as tx:
+        await _note(tx, 1)
+        await _note(tx, 2)
+        assert await _noted(notes) == []
+    assert await _noted(notes) == [1, 2]
+
+
+async def test_a_transaction_whose_block_raises_commits_nothing_and_keeps_its_connection(
+    pool: Pool, notes: psycopg.AsyncConnection
+) -> None:
+    # The pipeline's Sync would commit what was sent; the ROLLBACK ahead of it undoes it, so a
+    # handler's failure costs no new connection.
+    with pytest.raises(RuntimeError):  # noqa: PT012
+        async with begin(pool) as tx:
+            pid = await _backend(tx.connection)
+            await _note(tx, 1)
+            raise RuntimeError("the handler failed")
+    assert await _noted(notes) == []
+    async with begin(pool) as tx:
+        assert await _backend(tx.connection) == pid
+        await _note(tx, 2)
+    assert await _noted(notes) == [2]
+
+
+async def test_a_transaction_whose_statement_fails_commits_nothing(
+    pool: Pool, notes: psycopg.AsyncConnection
+) -> None:
+    with pytest.raises(psycopg.errors.UniqueViolation):  # noqa: PT012
+        async with begin(pool) as tx:
+            await _note(tx, 1)
+            await tx.rows("INSERT INTO notes VALUES (1) RETURNING n")
+    assert await _noted(notes) == []
+    await _still_serves(pool)
+
+
+async def test_a_transaction_cancelled_midway_commits_nothing(
+    pool: Pool, notes: psycopg.AsyncConnection
+) -> None:
+    midway = asyncio.Event()
+
+    async def stopped_midway() -> None:
+        async with begin(pool) as tx:
+            await _note(tx, 1)
+            midway.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(stopped_midway())
+    await midway.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _noted(notes) == []
+    await _still_serves(pool)
+    async with begin(pool) as tx:
+        await _note(tx, 2)
+    assert await _noted(notes) == [2]
 
 
 def _waiting(pool: Pool) -> int:
