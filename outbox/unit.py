@@ -191,10 +191,12 @@ async def _abandon(connection: psycopg.AsyncConnection[Any], failed: BaseExcepti
     if isinstance(failed, Exception) and not connection.closed:
         try:
             await connection.execute("ROLLBACK")
+            return
+        except Exception:
+            pass  # closed below; the caller raises the failure itself, not this one
         except BaseException:
             await connection.close()
-            raise
-        return
+            raise  # a cancel that came meanwhile is not lost
     await connection.close()
 
 
