@@ -83,12 +83,12 @@ async def _deliver(
     spans: tracing.Deliveries | None,
 ) -> list[bool]:
     async with begin(pool) as tx:
-        # The unit's first reads go with the claims, in one round trip: the rows of a duplicate
-        # are loaded (and locked) for nothing, which is rare and harmless.
-        async with tx.pipeline():
-            claims = await inbox.claim(tx, deliveries)
-            unit = await manifest.unit.load(tx, [delivery.event for delivery in deliveries])
-            first = await claims.new()
+        # The unit's first reads go with the claims, in one round trip (the transaction is one
+        # pipeline): the rows of a duplicate are loaded (and locked) for nothing, which is rare
+        # and harmless.
+        claims = await inbox.claim(tx, deliveries)
+        unit = await manifest.unit.load(tx, [delivery.event for delivery in deliveries])
+        first = await claims.new()
         if spans:
             spans.claimed(first)
         for i, (delivery, new) in enumerate(zip(deliveries, first, strict=True)):

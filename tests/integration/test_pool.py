@@ -120,6 +120,8 @@ async def test_a_failed_transaction_is_rolled_back_and_its_connection_kept(pool:
     with pytest.raises(psycopg.errors.DivisionByZero):  # noqa: PT012
         async with pool.connection() as connection:
             pid = await _backend(connection)
+            # The pool's connections are in autocommit: a transaction of its own, left failed.
+            await connection.execute("BEGIN")
             await connection.execute("SELECT 1 / 0")
     async with pool.connection() as again:
         assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
