@@ -120,6 +120,34 @@ async def test_a_relay_killed_between_publish_and_mark_publishes_again_and_the_c
     assert [i.message_id for i in await inbox_rows(downstream.sessionmaker)] == [created.event_id]
 
 
+async def test_a_relay_stopped_marks_what_it_published_and_the_next_start_publishes_it_no_more(
+    start_service, order_database, broker
+):
+    """Marks come in batches, a while after the confirms: a stop in between marks what is
+    confirmed before it closes the connections, so that a restart does not publish it again."""
+    wire = await broker.tap("OrderCreated")
+    first_life = await start_service(
+        ORDER, OrderSettings, database_url=order_database, relay_mark_interval_s=3600.0
+    )
+    await eventually(lambda: first_life.relay.caught_up)
+    published_before = REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
+    _, created = await place_order(first_life)
+    await eventually(
+        lambda: REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
+    )
+    [row] = await outbox_rows(first_life.sessionmaker)
+    assert row.published_at is None  # confirmed, its mark an hour away
+
+    await stop_messaging(first_life)
+
+    [row] = await outbox_rows(first_life.sessionmaker)
+    assert row.published_at is not None
+    second_life = await start_service(ORDER, OrderSettings, database_url=order_database)
+    await eventually(lambda: second_life.relay.caught_up)  # its catch-up swept nothing
+    assert REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
+    assert [m.message_id for m in wire.messages] == [str(created.event_id)]
+
+
 async def test_a_row_nobody_handed_over_is_swept_once_older_than_the_grace(
     start_service, order_database, downstream
 ):
