@@ -116,7 +116,7 @@ class Relay:
         batch_size: int = 256,
         sweep_interval_s: float = 1.0,
         grace_s: float = 5.0,
-        mark_interval_s: float = 0.05,
+        mark_interval_s: float = 0.5,
         broadcasts: frozenset[str] = frozenset(),
     ) -> None:
         self.service = service
