@@ -150,7 +150,9 @@ class Relay:
         self._handed: deque[Staged] = deque()
         #: Event ids handed over, published and confirmed, waiting to be marked in the table.
         self._confirmed: list[uuid.UUID] = []
-        self._mark_interval_s = mark_interval_s
+        # A confirmed row waits for its mark in the table, where a sweep would take it (and
+        # publish it again) once it is older than the grace: the marks come well before that.
+        self._mark_interval_s = min(mark_interval_s, grace_s / 4)
         self._to_mark = asyncio.Event()
         #: False until the first sweep found the table caught up, and again after a failure.
         self.caught_up = False

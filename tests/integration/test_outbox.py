@@ -127,7 +127,11 @@ async def test_a_relay_stopped_marks_what_it_published_and_the_next_start_publis
     confirmed before it closes the connections, so that a restart does not publish it again."""
     wire = await broker.tap("OrderCreated")
     first_life = await start_service(
-        ORDER, OrderSettings, database_url=order_database, relay_mark_interval_s=3600.0
+        ORDER,
+        OrderSettings,
+        database_url=order_database,
+        relay_mark_interval_s=3600.0,
+        relay_grace_s=4 * 3600.0,  # the interval is at most a quarter of the grace
     )
     await eventually(lambda: first_life.relay.caught_up)
     published_before = REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
@@ -146,6 +150,29 @@ async def test_a_relay_stopped_marks_what_it_published_and_the_next_start_publis
     await eventually(lambda: second_life.relay.caught_up)  # its catch-up swept nothing
     assert REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
     assert [m.message_id for m in wire.messages] == [str(created.event_id)]
+
+
+async def test_a_handed_over_row_is_marked_before_a_sweep_would_take_it_whatever_the_settings(
+    start_service, order_database, downstream
+):
+    """A confirmed row waits for its mark as an unpublished row of the table: were the marks
+    slower than the grace, a sweep would publish it again. The relay marks within a quarter of
+    the grace, whatever `relay_mark_interval_s` says."""
+    order_service = await start_service(
+        ORDER,
+        OrderSettings,
+        database_url=order_database,
+        relay_grace_s=0.4,
+        relay_sweep_interval_s=0.05,
+        relay_mark_interval_s=30.0,
+    )
+    await eventually(lambda: order_service.relay.caught_up)
+    published_before = REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
+    await place_order(order_service)
+
+    await eventually(lambda: _all_published(order_service))
+    # Counted as each publish is confirmed, before a sweep's claim (its mark) commits.
+    assert REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
 
 
 async def test_a_row_nobody_handed_over_is_swept_once_older_than_the_grace(
