@@ -4,6 +4,7 @@ old rows are purged, unpublished ones never."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -28,7 +29,14 @@ from outbox.topology import declare_exchange
 from outbox.writer import OutboxSession
 from tests.support import probe
 from tests.support.orders import get_order, place_order, stock_reserved
-from tests.support.services import crashed, handled, inbox_rows, outbox_rows, stop_messaging
+from tests.support.services import (
+    crashed,
+    handled,
+    inbox_rows,
+    outbox_rows,
+    published,
+    stop_messaging,
+)
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-01$")
 
@@ -134,11 +142,9 @@ async def test_a_relay_stopped_marks_what_it_published_and_the_next_start_publis
         relay_grace_s=4 * 3600.0,  # the interval is at most a quarter of the grace
     )
     await eventually(lambda: first_life.relay.caught_up)
-    published_before = REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
+    published_before = published()
     _, created = await place_order(first_life)
-    await eventually(
-        lambda: REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
-    )
+    await eventually(lambda: published() == published_before + 1)
     [row] = await outbox_rows(first_life.sessionmaker)
     assert row.published_at is None  # confirmed, its mark an hour away
 
@@ -148,8 +154,43 @@ async def test_a_relay_stopped_marks_what_it_published_and_the_next_start_publis
     assert row.published_at is not None
     second_life = await start_service(ORDER, OrderSettings, database_url=order_database)
     await eventually(lambda: second_life.relay.caught_up)  # its catch-up swept nothing
-    assert REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
+    assert published() == published_before + 1
     assert [m.message_id for m in wire.messages] == [str(created.event_id)]
+
+
+async def test_a_stop_whose_mark_cannot_get_through_ends_anyway_and_the_next_start_publishes_again(
+    start_service, order_database, broker
+):
+    """The stop's mark waits at most a second: if the database does not take it (here, another
+    session holds the row), the stop goes on, and the next start publishes the row again."""
+    wire = await broker.tap("OrderCreated")
+    first_life = await start_service(
+        ORDER,
+        OrderSettings,
+        database_url=order_database,
+        relay_mark_interval_s=3600.0,
+        relay_grace_s=4 * 3600.0,
+    )
+    await eventually(lambda: first_life.relay.caught_up)
+    published_before = published()
+    _, created = await place_order(first_life)
+    await eventually(lambda: published() == published_before + 1)
+
+    engine = create_async_engine(order_database, poolclass=NullPool)
+    try:
+        async with engine.connect() as holder:
+            await holder.execute(text("SELECT 1 FROM outbox FOR UPDATE"))
+            await asyncio.wait_for(stop_messaging(first_life), timeout=10)
+            await holder.rollback()
+    finally:
+        await engine.dispose()
+
+    [row] = await outbox_rows(first_life.sessionmaker)
+    assert row.published_at is None  # the mark was cancelled in the server too
+    second_life = await start_service(ORDER, OrderSettings, database_url=order_database)
+    await eventually(lambda: _all_published(second_life))
+    assert published() == published_before + 2
+    assert [m.message_id for m in await wire.wait_for(2)] == [str(created.event_id)] * 2
 
 
 async def test_a_handed_over_row_is_marked_before_a_sweep_would_take_it_whatever_the_settings(
@@ -167,12 +208,12 @@ async def test_a_handed_over_row_is_marked_before_a_sweep_would_take_it_whatever
         relay_mark_interval_s=30.0,
     )
     await eventually(lambda: order_service.relay.caught_up)
-    published_before = REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
+    published_before = published()
     await place_order(order_service)
 
     await eventually(lambda: _all_published(order_service))
     # Counted as each publish is confirmed, before a sweep's claim (its mark) commits.
-    assert REGISTRY.get_sample_value("saga_outbox_published_total") == published_before + 1
+    assert published() == published_before + 1
 
 
 async def test_a_row_nobody_handed_over_is_swept_once_older_than_the_grace(

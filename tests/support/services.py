@@ -78,6 +78,12 @@ async def inbox_rows(sessionmaker: async_sessionmaker[AsyncSession]) -> list[Inb
         return list(await session.scalars(select(InboxMessage).order_by(InboxMessage.handled_at)))
 
 
+def published() -> float:
+    """How many outbox rows this process's relays have seen confirmed so far (counted at the
+    confirm, before any mark): the service's /metrics counter."""
+    return REGISTRY.get_sample_value("saga_outbox_published_total") or 0.0
+
+
 def handled(event: str, outcome: str) -> float:
     """How many `event` messages this process's consumers have counted with `outcome` so far
     (handled, duplicate, retried, dead_lettered, poison): the service's /metrics counter."""
