@@ -184,11 +184,12 @@ def report(result: dict[str, Any]) -> None:
     main = result["main_phase"]
     hops = Table(title="where the time goes: hops of completed sagas, p50 / p90 ms")
     hops.add_column("hop")
-    for name in ("low_rate", main):
+    shown = [name for name in ("sequential", "low_rate", main) if name in result["phases"]]
+    for name in shown:
         hops.add_column(name, justify="right")
     for hop in HOPS:
         cells = []
-        for name in ("low_rate", main):
+        for name in shown:
             found = result["phases"][name].get("hops_ms", {}).get(hop, {})
             cells.append(f"{found.get('p50', '-')} / {found.get('p90', '-')}")
         hops.add_row(hop, *cells)

@@ -309,8 +309,9 @@ async def run(settings: Settings, world: World, progress: Progress) -> dict[str,
     # the closed loop (the system at full load: its idle costs spread over the most sagas).
     best = sustainable(steps)
     main_name = f"step {best['rate']:g}/s" if best else "closed_loop"
-    for name in ("low_rate", main_name):
-        summaries[name]["hops_ms"] = await asyncio.to_thread(hops, system, phases[name])
+    for name in ("sequential", "low_rate", main_name):
+        if name in phases:
+            summaries[name]["hops_ms"] = await asyncio.to_thread(hops, system, phases[name])
 
     baseline = await baselines.measure(
         system,
