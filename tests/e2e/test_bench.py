@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.servers import Servers
+from tools.bench.hops import HOPS
 
 SERVICES = {"order_service", "inventory_service", "payment_service", "notification_service"}
 
@@ -110,6 +111,12 @@ def test_the_benchmark_writes_its_figures_and_every_saga_it_placed_holds_the_inv
     assert ratios["low_rate_p50_vs_floor"] == round(result["low_rate_latency_ms"]["p50"] / floor, 3)
     assert ratios["low_rate_p99_vs_floor"] >= ratios["low_rate_p50_vs_floor"] > 0
     assert limits["max_sagas_per_s_if_only_raw_operations"] > 0
+
+    # Where the time goes, hop by hop: in both quiet phases and at the main one.
+    for name in ("sequential", "low_rate", result["main_phase"]):
+        hops = phases[name]["hops_ms"]
+        assert list(hops) == list(HOPS), name
+        assert all(0 <= hop["p50"] <= hop["p90"] for hop in hops.values()), name
 
     deliveries = result["deliveries_per_transaction"]
     assert deliveries["transactions"] > 0
