@@ -203,7 +203,9 @@ async def test_a_handed_over_row_is_marked_before_a_sweep_would_take_it_whatever
         ORDER,
         OrderSettings,
         database_url=order_database,
-        relay_grace_s=0.4,
+        # Marked within a second (a quarter of the grace), not after 30: three seconds to spare
+        # for a busy machine, and without the clamp a sweep would take the row after four.
+        relay_grace_s=4.0,
         relay_sweep_interval_s=0.05,
         relay_mark_interval_s=30.0,
     )
