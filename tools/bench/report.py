@@ -184,7 +184,7 @@ def report(result: dict[str, Any]) -> None:
     main = result["main_phase"]
     hops = Table(title="where the time goes: hops of completed sagas, p50 / p90 ms")
     hops.add_column("hop")
-    shown = [name for name in ("sequential", "low_rate", main) if name in result["phases"]]
+    shown = [name for name, phase in result["phases"].items() if "hops_ms" in phase]
     for name in shown:
         hops.add_column(name, justify="right")
     for hop in HOPS:
