@@ -96,7 +96,9 @@ class Relay:
       claims a batch and marks it; the transaction commits only after every confirm came back,
       and gives back the rows that were not confirmed. A sweep leaves alone rows younger than
       `grace_s`, which a hand-over (of this replica or another) is publishing, except while it
-      catches up: at start, after a failure, and while batches come back full.
+      catches up: at start, after a failure, and while batches come back full. What a sweep
+      published leaves this replica's hand-overs, so that a row committed just before a
+      catch-up's claim is not published twice.
 
     Tracing, each publish is a span, a child of the context its row recorded (the message carries
     that context, not the relay's), and each sweep that publishes something a span linked to its
@@ -289,6 +291,9 @@ class Relay:
                     kept = {row.id for row in confirmed}
                     unmark = [r.id for r in rows if r.id not in kept]
                     await session.execute(_UNMARK, {"ids": unmark})
+        if self._handed:  # a catch-up claims rows whose commits are handing them over meanwhile
+            swept = {row.event_id for row in confirmed}
+            self._handed = deque(row for row in self._handed if row.event_id not in swept)
         return self._published(rows, confirmed)
 
     def _published(self, rows: Sequence[OutboxRow], confirmed: Sequence[OutboxRow]) -> int:
