@@ -29,12 +29,11 @@ async def start_messaging(
 ) -> Messaging:
     """Start `manifest`'s consumer and relay against a (migrated) database in the broker's vhost.
 
-    Returns once every queue of the manifest has its consumer and the relay's first sweep has
-    caught up (or an armed crash point killed it), so that messages published from then on are
-    handled, and an event staged from then on is published once (a row staged during that sweep
-    may be published by it and by the hand-over too: a duplicate the inboxes skip, which a test
-    counting messages would trip on).
-    `overrides` are settings (`handler_max_attempts=3`, `amqp_url=…`).
+    Returns once every queue of the manifest has its consumer and the relay has caught up (or
+    an armed crash point killed it): messages published from then on are handled, and rows
+    staged from then on meet the relay's steady state (the hand-over, and sweeps only past the
+    grace), not its catch-up at start, which takes rows of any age. `overrides` are settings
+    (`handler_max_attempts=3`, `amqp_url=…`).
     """
     settings = settings_class(
         database_url=database_url,
