@@ -71,7 +71,7 @@ test: servers prometheus-install ## Run the whole suite against real servers
 test-unit: install ## Unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
 
-test-fast: servers ## Unit and integration tests, no e2e and no faults: the inner loop (~1.5 min here, four workers)
+test-fast: servers ## Unit and integration tests, no e2e and no faults: the inner loop (~1 min here, four workers)
 	$(PY) -m pytest -q $(PARALLEL) tests/unit tests/integration
 
 lint: install ## ruff (lint and format check) and mypy on the shared packages
