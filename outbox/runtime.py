@@ -30,6 +30,9 @@ from outbox.writer import OutboxSession, Staged, session_info
 
 log = logging.getLogger(__name__)
 
+#: How long a stop waits for a broker connection being made, to close it rather than leave it.
+_CONNECT_GRACE_S = 5.0
+
 
 class Messaging:
     """Everything a service needs to take part in the saga, started and stopped by its lifespan.
@@ -145,10 +148,7 @@ class Messaging:
                 delay = min(delay * 2, 5.0)
 
     async def _serve(self) -> None:
-        self.connection = await aio_pika.connect_robust(
-            self.settings.amqp_url,
-            client_properties={"connection_name": self.manifest.service},
-        )
+        self.connection = await self._connect()
         consume_channel = await self.connection.channel()
         await consume_channel.set_qos(prefetch_count=self.settings.prefetch)
         exchange = await declare_exchange(consume_channel, self.settings.exchange)
@@ -163,6 +163,28 @@ class Messaging:
             len(self.manifest.consumes),
         )
         await self.relay.run(publish_exchange)
+
+    async def _connect(self) -> AbstractRobustConnection:
+        """The broker connection. A stop that comes while it is being made lets the attempt end
+        (within `_CONNECT_GRACE_S`) and closes what it made: cancelled halfway, aio-pika's
+        reconnection task would go on connecting, ignore being cancelled again, and keep the
+        stopped service's loop from ever finishing."""
+        connecting = asyncio.ensure_future(
+            aio_pika.connect_robust(
+                self.settings.amqp_url,
+                client_properties={"connection_name": self.manifest.service},
+            )
+        )
+        try:
+            return await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            try:
+                async with asyncio.timeout(_CONNECT_GRACE_S):
+                    connection = await connecting
+                await connection.close()
+            except Exception:  # the attempt failed, or outlasted the grace
+                connecting.cancel()
+            raise
 
     async def _purge_forever(self) -> None:
         while True:

@@ -1,5 +1,6 @@
 """A service's messaging stops whatever it interrupts, against real PostgreSQL and RabbitMQ: the
-relay woken by a commit in the same turn of the loop as the stop.
+relay woken by a commit in the same turn of the loop as the stop, and the broker connection while
+it is being made.
 
 On Python 3.11, `asyncio.wait_for` returns the result and drops the cancellation when both come in
 the same turn (cpython gh-86296, fixed in 3.12). A task whose cancellation is dropped goes on as if
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from contracts import OrderCreated
+from outbox import Messaging
 from tests.support import probe
 
 
@@ -27,3 +31,25 @@ async def test_the_stop_ends_a_relay_woken_by_a_commit_in_the_same_turn(
     service.relay.hand_over([])  # as a consumer's commit does, right before the stop
     async with asyncio.timeout(10):
         await service.stop()
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.003], ids=["at-once", "while-connecting"])
+async def test_a_service_stopped_while_it_connects_leaves_nothing_running(
+    probe_database, broker, after_s
+) -> None:
+    """A stop that comes while the broker connection is being made (a process told to stop as it
+    starts) lets the attempt end and closes what it made: nothing of the service is left on the
+    loop. Cancelled halfway, aio-pika's reconnection task would go on connecting, leave the
+    connection's reader, writer and heartbeat running, and ignore being cancelled again at exit."""
+    before = asyncio.all_tasks()
+    service = Messaging(
+        probe.manifest({OrderCreated: probe.record_effect}),
+        probe.Settings(database_url=probe_database, amqp_url=broker.vhost.amqp_url),
+    )
+    await service.start()
+    await asyncio.sleep(after_s)
+
+    async with asyncio.timeout(10):
+        await service.stop()
+
+    assert [task for task in asyncio.all_tasks() - before if not task.done()] == []
