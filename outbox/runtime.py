@@ -10,6 +10,7 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
 from sqlalchemy import event, exc, func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,7 +32,7 @@ from outbox.writer import OutboxSession, Staged, session_info
 log = logging.getLogger(__name__)
 
 #: How long a stop waits for a broker connection being made, to close it rather than leave it.
-_CONNECT_GRACE_S = 5.0
+_CONNECT_GRACE_S = 1.0
 
 
 class Messaging:
@@ -166,25 +167,27 @@ class Messaging:
 
     async def _connect(self) -> AbstractRobustConnection:
         """The broker connection. A stop that comes while it is being made lets the attempt end
-        (within `_CONNECT_GRACE_S`) and closes what it made: cancelled halfway, aio-pika's
-        reconnection task would go on connecting, ignore being cancelled again, and keep the
-        stopped service's loop from ever finishing."""
-        connecting = asyncio.ensure_future(
-            aio_pika.connect_robust(
-                self.settings.amqp_url,
-                client_properties={"connection_name": self.manifest.service},
-            )
+        (within `_CONNECT_GRACE_S`), then closes the connection: cancelled halfway, its
+        reconnection task (aio-pika's own) would go on connecting, or retrying a broker that does
+        not answer, and ignore being cancelled again. Under uvicorn the process ends anyway (it
+        re-raises the SIGTERM once shut down); a loop that runs the service in-process, as a
+        test client's does, would be left with the connection, or never finish."""
+        connection = aio_pika.RobustConnection(
+            make_url(self.settings.amqp_url),
+            client_properties={"connection_name": self.manifest.service},
         )
+        connecting = asyncio.ensure_future(connection.connect())
         try:
-            return await asyncio.shield(connecting)
+            await asyncio.shield(connecting)
         except asyncio.CancelledError:
-            try:
+            with contextlib.suppress(Exception):  # the attempt failed, or outlasted the grace
                 async with asyncio.timeout(_CONNECT_GRACE_S):
-                    connection = await connecting
-                await connection.close()
-            except Exception:  # the attempt failed, or outlasted the grace
-                connecting.cancel()
+                    await connecting
+            connecting.cancel()
+            with contextlib.suppress(Exception):
+                await connection.close()  # which ends its reconnection task too
             raise
+        return connection
 
     async def _purge_forever(self) -> None:
         while True:

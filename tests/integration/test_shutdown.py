@@ -10,11 +10,13 @@ hung so once, in a test's teardown on four workers, with sagas in flight."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
 from contracts import OrderCreated
-from outbox import Messaging
+from harness.wait import eventually
+from outbox import Messaging, runtime
 from tests.support import probe
 
 
@@ -53,3 +55,47 @@ async def test_a_service_stopped_while_it_connects_leaves_nothing_running(
         await service.stop()
 
     assert [task for task in asyncio.all_tasks() - before if not task.done()] == []
+
+
+async def test_a_loop_that_stopped_a_service_while_its_broker_did_not_answer_finishes(
+    probe_database, monkeypatch
+) -> None:
+    """A broker that takes the connection and never answers (a frozen node; here a listener that
+    reads nothing): the stop waits for the attempt no longer than the grace, then ends it, and
+    the loop that ran the service finishes. Left running, the connection's reconnection task
+    would retry for good and ignore the loop's last cancel: the loop, in a thread of its own
+    here, would never finish."""
+    monkeypatch.setattr(runtime, "_CONNECT_GRACE_S", 0.5)
+
+    async def start_and_stop() -> None:
+        accepted: list[asyncio.StreamWriter] = []
+
+        async def answer_nothing(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+
+        async with await asyncio.start_server(answer_nothing, "127.0.0.1", 0) as silent:
+            port = silent.sockets[0].getsockname()[1]
+            service = Messaging(
+                probe.manifest({OrderCreated: probe.record_effect}),
+                probe.Settings(database_url=probe_database, amqp_url=f"amqp://127.0.0.1:{port}/"),
+            )
+            await service.start()
+            await eventually(lambda: accepted)  # waiting for the broker's greeting
+            async with asyncio.timeout(5):
+                await service.stop()
+            for writer in accepted:
+                writer.close()
+
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(start_and_stop())
+        except BaseException as exc:
+            failed.append(exc)
+
+    loop_thread = threading.Thread(target=run, daemon=True)
+    loop_thread.start()
+    await asyncio.to_thread(loop_thread.join, 20)
+    assert not loop_thread.is_alive(), "the loop never finished: a task ignores being cancelled"
+    assert failed == []
