@@ -49,7 +49,7 @@ async def test_a_service_stopped_while_it_connects_leaves_nothing_running(
         probe.Settings(database_url=probe_database, amqp_url=broker.vhost.amqp_url),
     )
     await service.start()
-    await asyncio.sleep(after_s)
+    await asyncio.sleep(after_s)  # when the stop comes: a moment of the start, not a condition
 
     async with asyncio.timeout(10):
         await service.stop()
