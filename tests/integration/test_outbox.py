@@ -24,14 +24,13 @@ from harness.wait import eventually
 from order_service.messaging import MANIFEST as ORDER
 from order_service.models import Order
 from order_service.settings import Settings as OrderSettings
-from outbox import Messaging, faults
+from outbox import faults
 from outbox.relay import purge_expired
 from outbox.topology import declare_exchange
 from outbox.writer import OutboxSession
 from tests.support import probe
 from tests.support.orders import get_order, place_order, stock_reserved
 from tests.support.services import (
-    TEST_SETTINGS,
     crashed,
     handled,
     inbox_rows,
@@ -238,7 +237,7 @@ async def test_a_row_nobody_handed_over_is_swept_once_older_than_the_grace(
 
 
 async def test_events_committed_while_the_relay_catches_up_are_published_once(
-    order_database, broker, downstream
+    start_service, order_database, downstream
 ):
     """At start the relay catches up on unpublished rows of any age, batch after batch, while
     new commits hand theirs over: a row committed just before a catch-up claim is claimed by that
@@ -250,29 +249,22 @@ async def test_events_committed_while_the_relay_catches_up_are_published_once(
     async with _replica_without_relay(order_database).sessionmaker() as session, session.begin():
         for event in backlog:
             outbox.add(session, event)
-    # Started here, not by `start_service`, which returns only once the relay has caught up.
-    service = Messaging(
-        ORDER,
-        OrderSettings(database_url=order_database, amqp_url=broker.vhost.amqp_url, **TEST_SETTINGS),
-    )
-    await service.start()
-    try:
-        committed = []
-        while not service.relay.caught_up:  # until the catch-up found the table empty
-            committed.append(
-                await _stage(
-                    service, OrderCreated(order_id=uuid.uuid4(), customer_id="al", items=())
-                )
-            )
-        expected = len(backlog) + len(committed)
-        await eventually(lambda: _all_published(service), timeout=30)
-        await eventually(lambda: len(downstream.messages) >= expected)
-        copies = Counter(m.message_id for m in downstream.messages)
-        assert len(committed) > 10, "orders were committed while the relay caught up"
-        assert set(copies) == {str(e.event_id) for e in backlog + committed}
-        assert [id for id, n in copies.items() if n > 1] == []
-    finally:
-        await stop_messaging(service)
+    service = await start_service(
+        ORDER, OrderSettings, database_url=order_database, settled=False
+    )  # not settled: it has a backlog to catch up on
+    committed = []
+    while not service.relay.caught_up:  # until the catch-up found the table empty
+        committed.append(
+            await _stage(service, OrderCreated(order_id=uuid.uuid4(), customer_id="al", items=()))
+        )
+
+    expected = len(backlog) + len(committed)
+    await eventually(lambda: _all_published(service), timeout=30)
+    await eventually(lambda: len(downstream.messages) >= expected)
+    copies = Counter(m.message_id for m in downstream.messages)
+    assert len(committed) > 10, "orders were committed while the relay caught up"
+    assert set(copies) == {str(e.event_id) for e in backlog + committed}
+    assert [id for id, n in copies.items() if n > 1] == []
 
 
 async def test_an_event_nobody_listens_to_stays_unpublished_until_a_queue_is_bound(

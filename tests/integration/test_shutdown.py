@@ -37,18 +37,19 @@ async def test_the_stop_ends_a_relay_woken_by_a_commit_in_the_same_turn(
 
 @pytest.mark.parametrize("after_s", [0.0, 0.003], ids=["at-once", "while-connecting"])
 async def test_a_service_stopped_while_it_connects_leaves_nothing_running(
-    probe_database, broker, after_s
+    start_service, probe_database, after_s
 ) -> None:
     """A stop that comes while the broker connection is being made (a process told to stop as it
     starts) lets the attempt end and closes what it made: nothing of the service is left on the
     loop. Cancelled halfway, aio-pika's reconnection task would go on connecting, leave the
     connection's reader, writer and heartbeat running, and ignore being cancelled again at exit."""
     before = asyncio.all_tasks()
-    service = Messaging(
+    service = await start_service(
         probe.manifest({OrderCreated: probe.record_effect}),
-        probe.Settings(database_url=probe_database, amqp_url=broker.vhost.amqp_url),
+        probe.Settings,
+        database_url=probe_database,
+        settled=False,
     )
-    await service.start()
     await asyncio.sleep(after_s)  # when the stop comes: a moment of the start, not a condition
 
     async with asyncio.timeout(10):

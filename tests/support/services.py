@@ -25,6 +25,7 @@ async def start_messaging(
     *,
     database_url: str,
     broker: Broker,
+    settled: bool = True,
     **overrides: Any,
 ) -> Messaging:
     """Start `manifest`'s consumer and relay against a (migrated) database in the broker's vhost.
@@ -32,7 +33,8 @@ async def start_messaging(
     Returns once every queue of the manifest has its consumer and the relay has caught up (or
     an armed crash point killed it): messages published from then on are handled, and rows
     staged from then on meet the relay's steady state (the hand-over, and sweeps only past the
-    grace), not its catch-up at start, which takes rows of any age. `overrides` are settings
+    grace), not its catch-up at start, which takes rows of any age. With `settled=False`, as
+    soon as it started: its broker connection is still being made. `overrides` are settings
     (`handler_max_attempts=3`, `amqp_url=…`).
     """
     settings = settings_class(
@@ -41,6 +43,8 @@ async def start_messaging(
     )
     messaging = Messaging(manifest, settings)
     await messaging.start()
+    if not settled:
+        return messaging
     try:
         await broker.wait_consumed(manifest.queue_for(event) for event in manifest.consumes)
         await eventually(lambda: messaging.relay.caught_up or crashed(messaging))
