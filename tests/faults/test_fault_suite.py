@@ -43,6 +43,9 @@ RATE = 4.0
 #: How long the saga may take, once the faults are over, to bring everything to rest: an order
 #: delayed past its deadline is cancelled by the sweeper, then compensated.
 HEAL_S = 120.0
+#: Seconds between two faults, drawn at random: the system is at work, with a few orders in flight,
+#: when each one strikes.
+GAP_S = (0.5, 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -132,22 +135,24 @@ def inject(faults: Faults, rng: random.Random) -> None:
     """Every local fault, in a row, while the load runs; then the global ones."""
     for _ in range(2):  # each service killed at a random moment, twice
         for name in rng.sample(SERVICES, len(SERVICES)):
-            time.sleep(rng.uniform(1.0, 4.0))
-            faults.kill_and_restart(name, down_s=rng.uniform(0.5, 3.0))
-    faults.kill_storm(rng.choice(["inventory_service", "payment_service", "order_service"]))
-    time.sleep(rng.uniform(1.0, 4.0))
+            time.sleep(rng.uniform(*GAP_S))
+            faults.kill_and_restart(name, down_s=rng.uniform(0.5, 2.0))
+    faults.kill_storm(
+        rng.choice(["inventory_service", "payment_service", "order_service"]), down_s=2.0
+    )
+    time.sleep(rng.uniform(*GAP_S))
     faults.pause_past_heartbeat(rng.choice(SERVICES))
-    time.sleep(rng.uniform(1.0, 4.0))
+    time.sleep(rng.uniform(*GAP_S))
     faults.close_all_connections()
-    time.sleep(rng.uniform(1.0, 4.0))
+    time.sleep(rng.uniform(*GAP_S))
     faults.cut_off(rng.choice(SERVICES), seconds=10)
     for _ in range(2):
-        time.sleep(rng.uniform(1.0, 4.0))
+        time.sleep(rng.uniform(*GAP_S))
         faults.terminate_sessions()
-    time.sleep(rng.uniform(1.0, 4.0))
+    time.sleep(rng.uniform(*GAP_S))
     faults.databases_down(seconds=6)
-    time.sleep(rng.uniform(1.0, 4.0))
+    time.sleep(rng.uniform(*GAP_S))
     faults.restart_broker()
     faults.wait_reconnected(SERVICES)
-    time.sleep(rng.uniform(1.0, 4.0))
+    time.sleep(rng.uniform(*GAP_S))
     faults.restart_postgres()
