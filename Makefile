@@ -125,7 +125,7 @@ screenshot: up prometheus-install ## Retake docs/management-ui.png and docs/prom
 	$(PY) -m tools.screenshot $(PAGE)
 
 .PHONY: test-faults
-test-faults: servers ## The fault tests but the cluster suite, one after another, each printing its figures (~6 min)
+test-faults: servers ## The fault tests but the cluster suite, one after another, each printing its figures (~4 min)
 	$(PY) -m pytest -q -s --ignore=tests/faults/test_cluster.py tests/faults
 
 .PHONY: cluster-up cluster-down test-cluster
