@@ -137,9 +137,7 @@ def inject(faults: Faults, rng: random.Random) -> None:
         for name in rng.sample(SERVICES, len(SERVICES)):
             time.sleep(rng.uniform(*GAP_S))
             faults.kill_and_restart(name, down_s=rng.uniform(0.5, 2.0))
-    faults.kill_storm(
-        rng.choice(["inventory_service", "payment_service", "order_service"]), down_s=2.0
-    )
+    faults.kill_storm(rng.choice(["inventory_service", "payment_service", "order_service"]))
     time.sleep(rng.uniform(*GAP_S))
     faults.pause_past_heartbeat(rng.choice(SERVICES))
     time.sleep(rng.uniform(*GAP_S))

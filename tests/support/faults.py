@@ -202,7 +202,7 @@ class Faults:
         service.start()
         service.wait_ready(timeout=90)
 
-    def kill_storm(self, name: str, kills: int = 5, down_s: float = 3.0) -> None:
+    def kill_storm(self, name: str, kills: int = 5, down_s: float = 2.0) -> None:
         """Kill one consumer `kills` times in a row, each time soon after it came back to a
         backlog that built up while it was down."""
         service = self.system[name]
