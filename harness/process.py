@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.wait import eventually_sync
@@ -86,12 +87,25 @@ class ServiceProcess:
         return self._proc.pid
 
     def ready(self) -> bool:
-        """`GET /health/ready` answers 200: its database and broker answer."""
+        """`GET /health/ready` answers 200 and this process is the one listening: its database
+        and broker answer. (Another process on the port, which this one then fails to bind, would
+        answer for it: the tests would talk to the wrong service.)"""
         try:
             response = httpx.get(f"{self.url}/health/ready?timeout=1", timeout=2)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200
+        return response.status_code == 200 and self.listening()
+
+    def listening(self) -> bool:
+        """This process holds the listening socket on `port`."""
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(s.status == psutil.CONN_LISTEN and s.laddr.port == self.port for s in sockets)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Returns once the service is ready; `NotReady` if it exits first or the time runs out."""

@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ephemeral_port_reserve
 from sqlalchemy.engine import make_url
 
 from harness.databases import create_database, drop_database
@@ -37,9 +37,11 @@ RELAY_SWEEP_INTERVAL_S = "0.5"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port of 127.0.0.1, left in TIME_WAIT: for a minute the kernel gives it to no other
+    `bind(("127.0.0.1", 0))`, so two services started at once, here or by another test worker,
+    never get the same one; a server that binds with SO_REUSEADDR (uvicorn, PostgreSQL,
+    Prometheus) takes it."""
+    return int(ephemeral_port_reserve.reserve("127.0.0.1"))
 
 
 def service_process(
