@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -35,6 +38,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT that comes while the service starts (waiting for
+    its database to apply its migrations) ends the process at once, by that signal. uvicorn looks at its
+    exit flag only once started (Kludex/uvicorn#2751): a service that could not reach its
+    database ignored `make down`, `docker stop` and Ctrl-C until killed. Nothing is served yet,
+    and a start cut short is a crash the service recovers from (an unfinished migration rolls
+    back). Once started, a signal is uvicorn's graceful shutdown, as before."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+        super().handle_exit(sig, frame)
+
+
 def configure_logging(service: str, level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -59,7 +77,7 @@ def main(settings: ServiceSettings, create_app: Callable[[Any], Litestar]) -> No
     # event loop stalls for 100-200 ms, and every saga in flight waits (docs/performance.md).
     gc.collect()
     gc.freeze()
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -69,3 +87,5 @@ def main(settings: ServiceSettings, create_app: Callable[[Any], Litestar]) -> No
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C once serving: it shut down gracefully
+        Server(config).run()
