@@ -39,12 +39,13 @@ class JsonFormatter(logging.Formatter):
 
 
 class Server(uvicorn.Server):
-    """uvicorn's server, but a SIGTERM or SIGINT that comes while the service starts (waiting for
-    its database to apply its migrations) ends the process at once, by that signal. uvicorn looks at its
-    exit flag only once started (Kludex/uvicorn#2751): a service that could not reach its
-    database ignored `make down`, `docker stop` and Ctrl-C until killed. Nothing is served yet,
-    and a start cut short is a crash the service recovers from (an unfinished migration rolls
-    back). Once started, a signal is uvicorn's graceful shutdown, as before."""
+    """uvicorn's server, but a SIGTERM or SIGINT that comes while the service starts (waiting
+    for its database to apply its migrations) ends the process at once, by that signal. uvicorn
+    looks at its exit flag only once started (Kludex/uvicorn#2751): a service that could not
+    reach its database ignored `make down`, `docker stop` and Ctrl-C until killed. Nothing is
+    served yet, and a start cut short is a crash the service recovers from (the migration it
+    was applying rolls back: each runs in a transaction of its own). Once started, a signal is
+    uvicorn's graceful shutdown, as before."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started:

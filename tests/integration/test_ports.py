@@ -5,15 +5,14 @@ taken for the service being ready (it was how an e2e module once talked to the w
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from harness.process import NotReady
 from harness.system import free_port, service_process
+from tests.support.answering import answering
 
 
 def test_a_port_handed_out_is_given_to_no_other_bind_while_the_service_starts():
@@ -38,22 +37,8 @@ def test_a_port_handed_out_is_given_to_no_other_bind_while_the_service_starts():
 @pytest.fixture
 def answering_port() -> Iterator[int]:
     """A port on which another server answers 200 to everything, `/health/ready` included."""
-
-    class Yes(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Yes)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering() as port:
+        yield port
 
 
 def test_a_service_whose_port_another_server_holds_is_not_ready_but_exited(

@@ -7,9 +7,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 
 import jwt
@@ -22,6 +20,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 
+from tests.support.answering import answering
 from tools.tokens import Tokens, new_secret
 from web.auth import Principal, Verifier
 from web.settings import ServiceSettings
@@ -113,25 +112,8 @@ def jwks_url() -> Iterator[str]:
         )
         keys.append({**json.loads(algorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig"})
     document = json.dumps({"keys": keys}).encode()
-
-    class Keys(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Keys)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(document, "application/json") as port:
+        yield f"http://127.0.0.1:{port}/.well-known/jwks.json"
 
 
 def test_a_jwks_url_gives_the_key_the_token_names(jwks_url):
