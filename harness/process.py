@@ -20,6 +20,7 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import http_client
 from harness.wait import eventually_sync
 
 
@@ -91,7 +92,7 @@ class ServiceProcess:
         and broker answer. (Another process on the port, which this one then fails to bind, would
         answer for it: the tests would talk to the wrong service.)"""
         try:
-            response = httpx.get(f"{self.url}/health/ready?timeout=1", timeout=2)
+            response = http_client.get(f"{self.url}/health/ready?timeout=1", timeout=2)
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and self.listening()
@@ -161,7 +162,7 @@ class ServiceProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of this process's Prometheus samples `name` whose labels include `labels`."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = http_client.get(f"{self.url}/metrics", timeout=10).text
         return sum(
             sample.value
             for family in text_string_to_metric_families(text)

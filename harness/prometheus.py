@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from harness import http_client
 from harness.servers import Servers
 from harness.system import free_port
 from harness.wait import eventually_sync
@@ -92,7 +93,7 @@ class Prometheus:
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The instant vector or scalar `expr` evaluates to now; ValueError if Prometheus refuses
         the query (with its reason)."""
-        response = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        response = http_client.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
         body = response.json()
         if body.get("status") != "success":
             raise ValueError(f"{expr}: {body.get('errorType')}: {body.get('error')}")
@@ -101,12 +102,12 @@ class Prometheus:
 
     def targets(self) -> list[dict[str, Any]]:
         """The active scrape targets, with their `health` and `lastError`."""
-        response = httpx.get(f"{self.url}/api/v1/targets", timeout=10)
+        response = http_client.get(f"{self.url}/api/v1/targets", timeout=10)
         return response.json()["data"]["activeTargets"]  # type: ignore[no-any-return]
 
     def ready(self) -> bool:
         try:
-            return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+            return http_client.get(f"{self.url}/-/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from harness import http_client
 from harness.wait import eventually_sync
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class ManagementApi:
         self, method: str, path: str, *, missing_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
         """One request to `path` (`/api/…`); raises on an error status, but 404 if `missing_ok`."""
-        response = httpx.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        response = http_client.request(method, self.url + path, timeout=self.timeout, **kwargs)
         if missing_ok and response.status_code == 404:
             return response
         response.raise_for_status()

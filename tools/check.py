@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import ALL_EVENTS, event_name
+from harness import http_client
 from harness.rabbitmq import ManagementApi
 from harness.wait import poll
 from outbox.parsing import PoisonMessage, parse_event
@@ -135,7 +136,7 @@ def snapshot(urls: Urls | None = None, tokens: Tokens | None = None) -> dict[str
 
 
 def _client(tokens: Tokens | None) -> httpx.Client:
-    return httpx.Client(timeout=30, auth=tokens.auth() if tokens else None)
+    return http_client.client(timeout=30, auth=tokens.auth() if tokens else None)
 
 
 def _check_once(

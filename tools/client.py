@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from harness import http_client
 from harness.wait import poll
 from tools.tokens import Tokens
 
@@ -34,7 +35,7 @@ class Shop:
     ) -> None:
         self.urls = urls or Urls()
         self.tokens = tokens
-        self.http = httpx.Client(timeout=timeout, auth=tokens.auth() if tokens else None)
+        self.http = http_client.client(timeout=timeout, auth=tokens.auth() if tokens else None)
 
     def as_customer(self, customer_id: str) -> Any:
         """`auth=` of a request the customer makes itself."""

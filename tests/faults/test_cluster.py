@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
+from harness import http_client
 from harness.cluster import LocalCluster, local_cluster
 from harness.rabbitmq import Vhost
 from harness.system import SERVICES, System, running_system
@@ -153,7 +153,7 @@ def orders_taken_while_blocked(system: System, load: Load) -> None:
     shop still takes orders (their events wait in the outbox)."""
 
     def says_why() -> bool:
-        body = httpx.get(f"{system.order}/health/ready", timeout=5).json()
+        body = http_client.get(f"{system.order}/health/ready", timeout=5).json()
         return "blocks publishers" in body.get("failed", {}).get("relay", "")
 
     eventually_sync(says_why, timeout=15, interval=0.5)
