@@ -49,8 +49,9 @@ def service_process(
 ) -> ServiceProcess:
     """Service `name` on a free port of its own, on these servers; `env` adds to its environment.
 
-    Not started. It inherits this process's environment, but for armed crash points and the keys
-    of authentication: it verifies tokens with a fresh secret, unless `env` names a key."""
+    Not started; forked when it starts (`harness.process`). It inherits this process's
+    environment, but for armed crash points and the keys of authentication: it verifies tokens
+    with a fresh secret, unless `env` names a key."""
     port = free_port()
     inherited = {
         k: v
@@ -71,6 +72,7 @@ def service_process(
             **(env or {}),
         },
         log_dir / f"{name}.log",
+        forked=True,
     )
 
 
@@ -110,7 +112,11 @@ class System:
         key = f"{name}#{sum(s.name == name for s in self.services.values()) + 1}"
         port = free_port()
         self.services[key] = ServiceProcess(
-            name, port, {**first.env, "PORT": str(port)}, first.log_path.with_name(f"{key}.log")
+            name,
+            port,
+            {**first.env, "PORT": str(port)},
+            first.log_path.with_name(f"{key}.log"),
+            forked=first.forked,
         )
         return self.services[key]
 
