@@ -63,15 +63,13 @@ test test-unit test-fast test-faults test-cluster soak: export PYTHONDONTWRITEBY
 # keep both cores busy.
 PARALLEL := -n 4 --dist loadfile --no-loadscope-reorder
 
-# In two steps: everything else first, then the fault suite beside the benchmark in miniature (two
-# workers). Its global faults strike only servers of its own, but two cores do not carry it beside
-# the cluster suite and the e2e load (its broker's stop_app timed out after 60 s, the cluster suite
-# ran past its 600 s), nor the benchmark beside the cluster suite (past its 300 s, 3 runs of 3).
-FAULT_SUITE := tests/faults/test_fault_suite.py
-BESIDE_IT := tests/e2e/test_bench.py
+# In one step: the fault suite, the cluster suite, the benchmark in miniature and the backlog test
+# each take a worker of their own from the start (tests/conftest.py), the rest share the workers
+# as they come free. Two steps (the fault suite and the benchmark after the rest) were needed while
+# two cores did not carry them beside the cluster suite and the e2e load; since the harness's
+# requests share one TLS context and its services fork preloaded, they do.
 test: servers prometheus-install ## Run the whole suite against real servers
-	$(PY) -m pytest -q $(PARALLEL) --ignore=$(FAULT_SUITE) --ignore=$(BESIDE_IT)
-	$(PY) -m pytest -q -n 2 --dist loadfile $(FAULT_SUITE) $(BESIDE_IT)
+	$(PY) -m pytest -q $(PARALLEL)
 
 test-unit: install ## Unit tests only (no servers)
 	$(PY) -m pytest -q tests/unit
