@@ -54,6 +54,8 @@ class ServiceProcess:
     #: Forked from the interpreter that has imported what the services share (see above).
     forked: bool = False
     _proc: subprocess.Popen[bytes] | Forked | None = field(default=None, repr=False)
+    #: The pid last seen listening on `port`: a process keeps its listening socket while it runs.
+    _seen_listening: int | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -110,7 +112,15 @@ class ServiceProcess:
             response = http_client.get(f"{self.url}/health/ready?timeout=1", timeout=2)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200 and self.listening()
+        if response.status_code != 200:
+            return False
+        # Asked once per process: psutil reads every TCP socket of the machine for it (thousands
+        # in TIME_WAIT while the suite runs), and every e2e test waits for its four services.
+        pid = self.pid
+        if pid is None or (pid != self._seen_listening and not self.listening()):
+            return False
+        self._seen_listening = pid
+        return True
 
     def listening(self) -> bool:
         """This process holds the listening socket on `port`."""
