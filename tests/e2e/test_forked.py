@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from harness import http_client
+from harness.process import alive
 from harness.system import System
+from harness.wait import eventually_sync
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +41,10 @@ def test_each_service_is_forked_and_has_its_own_session_port_and_log(
 def test_each_service_shows_its_own_metrics_and_no_other_services(system: System) -> None:
     """order_service alone counts ended orders: forked from an interpreter that had imported
     order_service too, the other three would show its counter, at 0 (as Prometheus then saw)."""
-    shown = {name: metric_names(service.url) for name, service in system.services.items()}
+    shown = {
+        name: {family.name for family in service.metrics()}
+        for name, service in system.services.items()
+    }
     assert all("saga_messages_handled" in names for names in shown.values()), "shared metrics"
     assert "saga_orders_ended" in shown["order_service"]
     assert [name for name, names in shown.items() if "saga_orders_ended" in names] == [
@@ -43,6 +52,39 @@ def test_each_service_shows_its_own_metrics_and_no_other_services(system: System
     ]
 
 
-def metric_names(url: str) -> set[str]:
-    text = http_client.get(f"{url}/metrics", timeout=10).text
-    return {family.name for family in text_string_to_metric_families(text)}
+def test_a_forked_service_left_running_goes_when_the_process_that_started_it_exits(
+    tmp_path: Path,
+) -> None:
+    """Even one paused (SIGSTOP) and waiting for a database that never answers: multiprocessing
+    would wait for it at exit, forever; the test process that started it would never end."""
+    script = tmp_path / "leave_one_running.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from pathlib import Path
+            from harness.system import service_process
+            from harness.wait import eventually_sync
+
+            if __name__ == "__main__":
+                unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+                service = service_process(
+                    "inventory_service", unreachable, "amqp://127.0.0.1:1/", Path(sys.argv[1])
+                )
+                service.start()
+                eventually_sync(lambda: "database unreachable" in service.log_tail(), timeout=60)
+                service.pause()
+                print(service.pid, flush=True)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout.split()[-1])
+    eventually_sync(lambda: not alive(pid), timeout=10)

@@ -8,10 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from harness import http_client
 from harness.system import SERVICES, System
 from tools.bench.hops import HOPS, hop_times
 from tools.bench.load import TERMINAL_EVENTS, Phase
@@ -223,9 +221,8 @@ def batch_histograms(world: System) -> dict[str, dict[str, float]]:
     (`le`), `sum` and `count`, from its /metrics."""
     result: dict[str, dict[str, float]] = {}
     for name, service in world.services.items():
-        text = http_client.get(f"{service.url}/metrics", timeout=10).text
         found: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
+        for family in service.metrics():
             if family.name != BATCH_METRIC:
                 continue
             for sample in family.samples:
